@@ -156,7 +156,7 @@ TEST_CASE("safetensors: F8_E4M3, F8_E5M2 (every bit pattern) and F16 convert exa
 }
 
 TEST_CASE("json: strings, escapes, numbers and structure") {
-    namespace json = xrec::io::json;
+    namespace json = xrec::json;
     auto v = json::parse(R"( {"a\u00e9\ud83d\ude00\n\"":[1,-2.5e3,0,true,false,null,{}]} )");
     REQUIRE(v.is_object());
     REQUIRE(v.members.size() == 1);

@@ -51,7 +51,7 @@
 
 #include "xrec/core/error.hpp"
 #include "xrec/core/shape.hpp"
-#include "xrec/io/json.hpp"
+#include "xrec/core/json.hpp"
 
 namespace xrec::io {
 

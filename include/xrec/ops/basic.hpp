@@ -194,4 +194,14 @@ var<T> linear(Ctx& ctx, const var<T>& x, const var<T>& w, const var<T>& b = {}) 
     return y;
 }
 
+/// The same values under another shape of equal numel: no copy, no tape node; the result
+/// shares x's gradient cell, so gradients flow to x unchanged.
+template <class Ctx, class T = typename Ctx::value_type>
+var<T> reshape(Ctx& ctx, const var<T>& x, const shape& s) {
+    ctx.check(x);
+    XREC_CHECK(s.numel() == x.numel(), "reshape: ", x.s.str(), " has ", x.numel(), " elements, ", s.str(), " needs ",
+               s.numel());
+    return {x.data, s, x.g, x.epoch};
+}
+
 }  // namespace xrec::ops

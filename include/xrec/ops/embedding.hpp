@@ -5,23 +5,17 @@
 #include <limits>
 #include <span>
 
+#include "xrec/core/features.hpp"
 #include "xrec/core/param_store.hpp"
 #include "xrec/core/tensor.hpp"
 #include "xrec/ops/common.hpp"
 
 namespace xrec::ops {
 
-/// How embedding_bag reduces the rows of one bag.
-enum class pooling { sum, mean, max };
-
-inline const char* pooling_name(pooling p) {
-    switch (p) {
-        case pooling::sum: return "sum";
-        case pooling::mean: return "mean";
-        case pooling::max: return "max";
-    }
-    return "?";
-}
+/// How embedding_bag reduces the rows of one bag (defined in core/features.hpp, which data
+/// and models share).
+using xrec::pooling;
+using xrec::pooling_name;
 
 namespace detail {
 

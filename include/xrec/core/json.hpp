@@ -12,7 +12,7 @@
 
 #include "xrec/core/error.hpp"
 
-namespace xrec::io::json {
+namespace xrec::json {
 
 struct member;
 
@@ -352,4 +352,4 @@ inline void append_quoted(std::string& out, std::string_view s) {
     out += '"';
 }
 
-}  // namespace xrec::io::json
+}  // namespace xrec::json
