@@ -393,6 +393,11 @@ void gemm_micro(std::int64_t kb, const T* pa, const T* pb, T alpha, T beta, T* c
     }
 }
 
+// The epilogue of a plain GEMM: nothing.
+struct gemm_no_epilogue {
+    void operator()(std::int64_t, std::int64_t, std::int64_t, std::int64_t) const noexcept {}
+};
+
 // Splits n into the fewest blocks of at most cap (a multiple of q) and returns the common
 // block size rounded up to q: equal blocks instead of full ones plus a thin remainder.
 inline std::int64_t gemm_even_block(std::int64_t n, std::int64_t cap, std::int64_t q) {
@@ -408,10 +413,12 @@ inline std::int64_t gemm_even_block(std::int64_t n, std::int64_t cap, std::int64
 // accumulate, so every element of C is summed in the same order whatever m is.
 // The blocking is a template argument (policy<cpu<A>> by default) so that a tuning sweep
 // can instantiate other values.
+// `epi(i0, j0, rows, cols)` runs on each finished mc x nc block of C right after its last kc
+// step, while the block is still in L2 (see kernels::gemm_then); the blocks tile C once.
 template <class T, class A, std::int64_t KC = policy<cpu<A>>::gemm_kc, std::int64_t MC = policy<cpu<A>>::gemm_mc,
-          std::int64_t NC = policy<cpu<A>>::gemm_nc>
+          std::int64_t NC = policy<cpu<A>>::gemm_nc, class Epi = gemm_no_epilogue>
 void gemm_packed(bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::int64_t k, T alpha, const T* a,
-                 std::int64_t lda, const T* b, std::int64_t ldb, T beta, T* c, std::int64_t ldc) {
+                 std::int64_t lda, const T* b, std::int64_t ldb, T beta, T* c, std::int64_t ldc, const Epi& epi = Epi{}) {
     using tile = gemm_tile<T, A>;
     constexpr std::int64_t mr = tile::mr, nr = tile::nr;
     constexpr std::int64_t mc_cap = std::max<std::int64_t>(MC / mr, 1) * mr;
@@ -452,6 +459,7 @@ void gemm_packed(bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std
                         gemm_micro<T, A, tile::nv>(kb, pa + ir * kb, pb + jr * kb, alpha, beta_b, ct, ldc, mm, nn);
                     }
                 }
+                if (pc + kb == k) epi(ic, jc, mb, nb);
             }
         }
     }
@@ -484,6 +492,26 @@ void gemm(cpu<A>, bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, st
         return;
     }
     detail::gemm_packed<T, A>(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+
+/// kernels::gemm followed by `epi(i0, j0, rows, cols)` on blocks that tile C exactly once,
+/// each called as soon as that block of C is final, while it is still in cache: an
+/// elementwise epilogue (bias, activation, a residual) then costs no extra pass over C in
+/// memory. The blocks are the packed kernel's mc x nc blocks (one block for the small
+/// shapes that take the unpacked path); `epi` must only touch its block's rows and columns
+/// of C and of arrays laid out like C.
+template <class T, class A, class Epi>
+void gemm_then(cpu<A>, bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::int64_t k, T alpha,
+               const T* a, std::int64_t lda, const T* b, std::int64_t ldb, T beta, T* c, std::int64_t ldc,
+               const Epi& epi) {
+    if (m == 0 || n == 0) return;
+    if (k == 0 || (!trans_a && trans_b && m <= policy<cpu<A>>::gemm_dot_max_rows)) {
+        gemm(cpu<A>{}, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+        epi(std::int64_t{0}, std::int64_t{0}, m, n);
+        return;
+    }
+    detail::gemm_packed<T, A, policy<cpu<A>>::gemm_kc, policy<cpu<A>>::gemm_mc, policy<cpu<A>>::gemm_nc, Epi>(
+        trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, epi);
 }
 
 template <class T, class A>

@@ -29,6 +29,8 @@ XREC_KERNEL_FALLBACK(cross_v1_fwd)
 XREC_KERNEL_FALLBACK(cross_v1_bwd)
 XREC_KERNEL_FALLBACK(cross_combine_fwd)
 XREC_KERNEL_FALLBACK(cross_combine_bwd)
+XREC_KERNEL_FALLBACK(cross_bias_combine_fwd)
+XREC_KERNEL_FALLBACK(cross_combine_bwd_rows)
 XREC_KERNEL_FALLBACK(cross_gate_softmax)
 XREC_KERNEL_FALLBACK(cross_gate_bwd)
 XREC_KERNEL_FALLBACK(cross_mix_rows)
@@ -104,6 +106,52 @@ void cross_combine_fwd(cpu<A>, std::int64_t n, const T* x0, const T* z, const T*
             xsimd::fma(bt::load_unaligned(x0 + i), bt::load_unaligned(z + i), bt::load_unaligned(xl + i)).store_unaligned(y + i);
         },
         [&](std::int64_t i) { y[i] = x0[i] * z[i] + xl[i]; });
+}
+
+/// z += b; y = x0 * z + xl over one row segment of n values (y may alias z; then z is not
+/// kept). The epilogue of the full-rank cross GEMM, run while the block is in cache.
+template <class T, class A>
+void cross_bias_combine_fwd(cpu<A>, std::int64_t n, const T* b, const T* x0, T* z, const T* xl, T* y) {
+    using bt = xsimd::batch<T, A>;
+    const bool keep = z != y;
+    detail::simd_loop<T, A>(
+        n,
+        [&](std::int64_t i) {
+            const bt zz = bt::load_unaligned(z + i) + bt::load_unaligned(b + i);
+            if (keep) zz.store_unaligned(z + i);
+            xsimd::fma(bt::load_unaligned(x0 + i), zz, bt::load_unaligned(xl + i)).store_unaligned(y + i);
+        },
+        [&](std::int64_t i) {
+            const T zz = z[i] + b[i];
+            if (keep) z[i] = zz;
+            y[i] = x0[i] * zz + xl[i];
+        });
+}
+
+/// cross_combine_bwd on `rows` rows of width d that also adds the column sums of dz into
+/// `colsum` (the bias gradient) when it is not null: one pass instead of two.
+template <class T, class A>
+void cross_combine_bwd_rows(cpu<A>, std::int64_t rows, std::int64_t d, const T* x0, const T* z, const T* gy, T* dz,
+                            T* gx0, T* colsum) {
+    using bt = xsimd::batch<T, A>;
+    for (std::int64_t r = 0; r < rows; ++r) {
+        const std::int64_t o = r * d;
+        detail::simd_loop<T, A>(
+            d,
+            [&](std::int64_t i) {
+                const bt g = bt::load_unaligned(gy + o + i);
+                const bt dzv = g * bt::load_unaligned(x0 + o + i);
+                dzv.store_unaligned(dz + o + i);
+                if (gx0) xsimd::fma(g, bt::load_unaligned(z + o + i), bt::load_unaligned(gx0 + o + i)).store_unaligned(gx0 + o + i);
+                if (colsum) (bt::load_unaligned(colsum + i) + dzv).store_unaligned(colsum + i);
+            },
+            [&](std::int64_t i) {
+                const T dzv = gy[o + i] * x0[o + i];
+                dz[o + i] = dzv;
+                if (gx0) gx0[o + i] += gy[o + i] * z[o + i];
+                if (colsum) colsum[i] += dzv;
+            });
+    }
 }
 
 /// Backward of cross_combine_fwd (except the residual): dz = dy * x0 (overwritten) and, when
@@ -258,16 +306,29 @@ struct cross_v2_node : tape_node {
         T* gw = ctx.grad(n.w);
         T* gb = ctx.grad(n.b);
         T* dz = ctx.template scratch<T>(rows * d);
-        parallel_for(ctx.pool(), rows, cross_min_rows<B>(d * d), [&](std::int64_t r0, std::int64_t r1, int) {
-            const std::int64_t o = r0 * d, len = (r1 - r0) * d;
-            kernels::cross_combine_bwd(B{}, len, n.x0.data + o, n.z + o, gy + o, dz + o, gx0 ? gx0 + o : nullptr);
+        // db is a sum over rows: per-thread partials added in thread order (deterministic per
+        // thread count); one thread adds straight into db.
+        const int threads = ctx.threads();
+        T* part = gb && threads > 1 ? ctx.template scratch<T>(d * threads) : nullptr;
+        if (part) kernels::fill(B{}, d * threads, T(0), part);
+        parallel_for(ctx.pool(), rows, cross_min_rows<B>(d * d), [&](std::int64_t r0, std::int64_t r1, int th) {
+            const std::int64_t o = r0 * d;
+            kernels::cross_combine_bwd_rows(B{}, r1 - r0, d, n.x0.data + o, n.z + o, gy + o, dz + o,
+                                            gx0 ? gx0 + o : nullptr, part ? part + d * th : gb);
             if (gxl) {  // after gx0: the two may be one buffer
-                kernels::add(B{}, len, gxl + o, gy + o, gxl + o);
-                kernels::gemm(B{}, false, false, r1 - r0, d, d, T(1), dz + o, d, n.w.data, d, T(1), gxl + o, d);
+                // dx_l += dz W, then + dy on each block of dx_l while it is in cache.
+                T* g = gxl + o;
+                const T* gyo = gy + o;
+                kernels::gemm_then(B{}, false, false, r1 - r0, d, d, T(1), dz + o, d, n.w.data, d, T(1), g, d,
+                                   [&](std::int64_t i0, std::int64_t j0, std::int64_t mb, std::int64_t nb) {
+                                       for (std::int64_t i = i0; i < i0 + mb; ++i)
+                                           kernels::add(B{}, nb, g + i * d + j0, gyo + i * d + j0, g + i * d + j0);
+                                   });
             }
         });
         if (gw) cross_gemm<B>(ctx.pool(), true, false, d, d, rows, T(1), dz, d, n.xl.data, d, T(1), gw, d);
-        if (gb) kernels::col_sums_acc(B{}, rows, d, dz, gb);
+        if (part)
+            for (int th = 0; th < threads; ++th) kernels::add(B{}, d, gb, part + d * th, gb);
     }
 };
 
@@ -433,9 +494,16 @@ var<T> cross_v2(Ctx& ctx, const var<T>& x0, const var<T>& xl, const var<T>& w, c
         if (y.requires_grad()) z = ctx.template scratch<T>(rows * d);
     parallel_for(ctx.pool(), rows, detail::cross_min_rows<B>(d * d), [&](std::int64_t r0, std::int64_t r1, int) {
         const std::int64_t o = r0 * d;
-        kernels::gemm(B{}, false, true, r1 - r0, d, d, T(1), xl.data + o, d, w.data, d, T(0), z + o, d);
-        kernels::add_row_bias(B{}, r1 - r0, d, b.data, z + o);
-        kernels::cross_combine_fwd(B{}, (r1 - r0) * d, x0.data + o, z + o, xl.data + o, y.data + o);
+        const T *x0o = x0.data + o, *xlo = xl.data + o;
+        T *zo = z + o, *yo = y.data + o;
+        // z = x_l W^T, then bias and x0 * z + x_l on each block of z while it is in cache.
+        kernels::gemm_then(B{}, false, true, r1 - r0, d, d, T(1), xlo, d, w.data, d, T(0), zo, d,
+                           [&](std::int64_t i0, std::int64_t j0, std::int64_t mb, std::int64_t nb) {
+                               for (std::int64_t i = i0; i < i0 + mb; ++i) {
+                                   const std::int64_t e = i * d + j0;
+                                   kernels::cross_bias_combine_fwd(B{}, nb, b.data + j0, x0o + e, zo + e, xlo + e, yo + e);
+                               }
+                           });
     });
     if constexpr (Ctx::records) {
         if (y.requires_grad()) {
