@@ -16,6 +16,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "xrec/core/error.hpp"
@@ -33,7 +34,8 @@ struct svg_series {
     std::string color;
 };
 
-/// One chart: a title above it, axis labels, its series and a legend in its top-right corner.
+/// One chart: a title above it, axis labels, its series and a legend in the corner of the
+/// plot area that hides the fewest points.
 struct svg_panel {
     std::string title, x_label, y_label;
     std::vector<svg_series> series;
@@ -224,12 +226,42 @@ inline std::string render_line_charts(std::span<const svg_panel> panels, const s
             flush();
             s += "</g>\n";
         }
-        // Legend, top right inside the plot area.
+        // Legend inside the plot area.
         if (!p.series.empty()) {
             std::size_t longest = 0;
             for (const auto& sr : p.series) longest = std::max(longest, sr.name.size());
             const double lw = 34 + 7 * static_cast<double>(longest), lh = 8 + 16 * static_cast<double>(p.series.size());
-            const double lx = x0 + pw - lw - 6, ly = y0 + 6;
+            // The corner whose box covers the least of the data (points, and the lines sampled
+            // at 8 places per segment; top right on a tie, then top left, bottom right, bottom
+            // left), so the legend hides as little as it can.
+            std::vector<std::pair<double, double>> ink;
+            for (const auto& sr : p.series) {
+                bool prev = false;
+                double X0 = 0, Y0 = 0;
+                for (std::size_t i = 0; i < sr.y.size(); ++i) {
+                    const double x = x_of(sr, i), y = sr.y[i];
+                    if (!std::isfinite(x) || !std::isfinite(y)) {
+                        prev = false;
+                        continue;
+                    }
+                    const double X = px(x), Y = py(y);
+                    ink.emplace_back(X, Y);
+                    if (prev)
+                        for (int k = 1; k < 8; ++k) ink.emplace_back(X0 + (X - X0) * k / 8, Y0 + (Y - Y0) * k / 8);
+                    prev = true, X0 = X, Y0 = Y;
+                }
+            }
+            const double cx[4] = {x0 + pw - lw - 6, x0 + 6, x0 + pw - lw - 6, x0 + 6};
+            const double cy[4] = {y0 + 6, y0 + 6, y0 + ph - lh - 6, y0 + ph - lh - 6};
+            int corner = 0;
+            std::size_t fewest = SIZE_MAX;
+            for (int c = 0; c < 4; ++c) {
+                std::size_t covered = 0;
+                for (const auto& [X, Y] : ink)
+                    covered += X >= cx[c] - 4 && X <= cx[c] + lw + 4 && Y >= cy[c] - 4 && Y <= cy[c] + lh + 4;
+                if (covered < fewest) fewest = covered, corner = c;
+            }
+            const double lx = cx[corner], ly = cy[corner];
             s += "<g class=\"legend\">\n<rect x=\"" + fmt("%.2f", lx) + "\" y=\"" + fmt("%.2f", ly) + "\" width=\"" +
                  fmt("%.2f", lw) + "\" height=\"" + fmt("%.2f", lh) +
                  "\" fill=\"white\" fill-opacity=\"0.85\" stroke=\"#999999\"/>\n";

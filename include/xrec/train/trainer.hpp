@@ -485,6 +485,7 @@ private:
 
             if (valid) {
                 st.valid = evaluate(*valid);
+                XREC_CHECK(!st.valid.empty(), "trainer: the validation source served no rows in epoch ", st.epoch);
                 st.watched = pick(st.valid);
                 st.improved = better(st.watched, h.best_metric);
             } else {
