@@ -230,6 +230,51 @@ TEST_CASE("trainer: logistic regression learns the planted model; loss falls, va
     const auto p = tr.predict(w.valid);
     REQUIRE(p.size() == static_cast<std::size_t>(w.valid.size()));
     CHECK(xrec::metrics::auc(p, std::vector<T>(w.valid.label_column())) == ev[0].auc);
+
+    // The history as chart series (what a demo draws): one value per epoch, x = epoch.
+    const auto auc_s = xrec::train::history_series(h, "lr", xrec::train::curve::valid_auc);
+    const auto loss_s = xrec::train::history_series(h, "lr", xrec::train::curve::train_loss);
+    REQUIRE(auc_s.y.size() == 6);
+    CHECK(auc_s.x.back() == 6);
+    CHECK(auc_s.y[2] == h.epochs[2].valid[0].auc);
+    CHECK(loss_s.y == losses);
+    CHECK(std::isnan(xrec::train::history_series(h, "x", xrec::train::curve::valid_auc, /*task*/ 3).y[0]));
+    const std::vector<xrec::io::svg_panel> panels{{"valid AUC", "epoch", "AUC", {auc_s}}, {"train loss", "epoch", "loss", {loss_s}}};
+    CHECK(xrec::io::render_line_charts(panels).find("<polyline") != std::string::npos);
+}
+
+TEST_CASE("trainer: clip_grad_norm bounds an SGD step by lr * max_norm") {
+    const auto w = make_planted(1000, 200);
+    auto step_norm = [&](double clip) {
+        xrec::param_store<T, CPU> store(5);
+        tiny_lr model(store, w.layout);
+        auto o = quiet(1);
+        o.dense = xrec::train::dense_optimizer::sgd;
+        o.sparse = xrec::train::sparse_optimizer::sparse_sgd;
+        o.dense_lr = o.sparse_lr = 1.0;
+        o.clip_grad_norm = clip;
+        xrec::train::trainer<tiny_lr, T, CPU> tr(model, store, o);
+        auto before = store.named_tensors();
+        std::vector<std::vector<T>> old;
+        for (auto& t : before) old.emplace_back(t.data, t.data + t.s.numel());
+        xrec::data::batcher<T> bt(w.train, 256);
+        xrec::batch<T> b;
+        bt.start_epoch(0);
+        bt.next(b);
+        tr.step(b);
+        double sq = 0;
+        for (std::size_t i = 0; i < before.size(); ++i)
+            for (std::int64_t k = 0; k < before[i].s.numel(); ++k) {
+                const double d = static_cast<double>(before[i].data[k]) - old[i][static_cast<std::size_t>(k)];
+                sq += d * d;
+            }
+        return std::sqrt(sq);
+    };
+    const double free = step_norm(0), clipped = step_norm(1e-3);
+    std::printf("[trainer] SGD step norm (lr 1): unclipped %.4g, clipped to 1e-3: %.6g\n", free, clipped);
+    CHECK(free > 1e-2);
+    CHECK(clipped <= 1e-3 * (1 + 1e-4));
+    CHECK(clipped > 0.99e-3);
 }
 
 TEST_CASE("trainer: early stopping keeps the best epoch's checkpoint, bit for bit") {

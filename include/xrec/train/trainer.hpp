@@ -26,9 +26,11 @@
 #include "xrec/core/param_store.hpp"
 #include "xrec/data/dataset.hpp"
 #include "xrec/io/checkpoint.hpp"
+#include "xrec/io/svg.hpp"
 #include "xrec/metrics/ctr.hpp"
 #include "xrec/models/model.hpp"
 #include "xrec/optim/adam.hpp"
+#include "xrec/optim/clip.hpp"
 #include "xrec/optim/ftrl.hpp"
 #include "xrec/optim/lazy_adam.hpp"
 #include "xrec/optim/rowwise_adagrad.hpp"
@@ -88,6 +90,33 @@ struct history {
     std::int64_t steps = 0;
 };
 
+/// A per-epoch quantity of a history, for charts.
+enum class curve { train_loss, valid_auc, valid_gauc, valid_logloss, valid_calibration, samples_per_s };
+
+/// The per-epoch values of `what` (validation metrics of task `task`) as a chart series named
+/// `name`, x = epoch: io::write_line_charts draws these (e.g. valid AUC and train loss of two
+/// models side by side). Epochs without the value (no validation, an undefined metric) are NaN,
+/// which the chart skips.
+inline io::svg_series history_series(const history& h, std::string name, curve what, std::int64_t task = 0) {
+    io::svg_series s;
+    s.name = std::move(name);
+    for (const auto& e : h.epochs) {
+        s.x.push_back(static_cast<double>(e.epoch));
+        const metrics::ctr_metrics* m =
+            task >= 0 && task < static_cast<std::int64_t>(e.valid.size()) ? &e.valid[static_cast<std::size_t>(task)] : nullptr;
+        const double nan = std::numeric_limits<double>::quiet_NaN();
+        switch (what) {
+            case curve::train_loss: s.y.push_back(e.train_loss); break;
+            case curve::samples_per_s: s.y.push_back(e.samples_per_s); break;
+            case curve::valid_auc: s.y.push_back(m ? m->auc : nan); break;
+            case curve::valid_gauc: s.y.push_back(m ? m->gauc : nan); break;
+            case curve::valid_logloss: s.y.push_back(m ? m->logloss : nan); break;
+            case curve::valid_calibration: s.y.push_back(m ? m->calibration : nan); break;
+        }
+    }
+    return s;
+}
+
 /// Options of a trainer (defaults in brackets).
 ///  - epochs [5]; batch_size [512] and shuffle [true] apply when fit() is given datasets and
 ///    cuts them itself (a batch source decides its own batches).
@@ -104,6 +133,8 @@ struct history {
 ///    with checkpoint_config added to its metadata and, with save_optimizer_state, the
 ///    optimizers' state tensors. restore_best [true]: after fit, the best checkpoint is
 ///    loaded back into the store, so the model ends at its best epoch.
+///  - clip_grad_norm [0: off]: clip all gradients (dense and merged sparse rows) to this global
+///    L2 norm before the update (optim::clip_grad_norm), after the NaN/Inf checks.
 ///  - check_finite [true]: the NaN/Inf checks of every step (see trainer).
 ///  - progress [true] and progress_opt (stream, tty mode, line frequency).
 ///  - on_epoch: called after each epoch's validation (and save) with its stats.
@@ -128,6 +159,7 @@ struct trainer_options {
     std::map<std::string, std::string> checkpoint_config;
     bool save_optimizer_state = false;
     bool restore_best = true;
+    double clip_grad_norm = 0;
     bool check_finite = true;
     bool progress = true;
     progress_options progress_opt;
@@ -167,6 +199,7 @@ public:
         XREC_CHECK(o_.batch_size > 0, "trainer: batch_size must be positive, got ", o_.batch_size);
         XREC_CHECK(o_.patience >= 0, "trainer: patience must be >= 0, got ", o_.patience);
         XREC_CHECK(o_.watch_task >= 0, "trainer: watch_task must be >= 0, got ", o_.watch_task);
+        XREC_CHECK(o_.clip_grad_norm >= 0, "trainer: clip_grad_norm must be >= 0 (0: off), got ", o_.clip_grad_norm);
         make_optimizers();
     }
 
@@ -247,6 +280,7 @@ public:
             ++step_;
             ctx_.backward(loss);
             if (o_.check_finite) check_gradients(lv, epoch);
+            if (o_.clip_grad_norm > 0) optim::clip_grad_norm(*store_, o_.clip_grad_norm);
             if (o_.check_finite) remember_touched_rows();
             std::visit([](auto& opt) { step_of(opt); }, dense_);
             std::visit([](auto& opt) { step_of(opt); }, sparse_);
