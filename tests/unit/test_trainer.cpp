@@ -291,10 +291,8 @@ TEST_CASE("trainer: early stopping keeps the best epoch's checkpoint, bit for bi
     flipping_source valid(w.valid, 4);  // validation passes 4, 5, ... see flipped labels
     xrec::data::batcher<T> fixed(w.valid, 500);
     std::vector<std::vector<T>> preds;  // per epoch, on the unflipped validation rows
-    xrec::train::trainer<tiny_lr, T, CPU>* self = nullptr;
-    o.on_epoch = [&](const xrec::train::epoch_stats&) { preds.push_back(self->predict(fixed)); };
     xrec::train::trainer<tiny_lr, T, CPU> tr(model, store, o);
-    self = &tr;
+    tr.set_on_epoch([&](const xrec::train::epoch_stats&) { preds.push_back(tr.predict(fixed)); });
     xrec::data::batcher<T> train(w.train, 128, true, 9);
     const auto h = tr.fit(train, valid);
     for (const auto& s : h.epochs)

@@ -177,7 +177,8 @@ struct trainer_options {
 /// gradient rows. The first non-finite value throws xrec::error naming the global step (from
 /// 1), the epoch (from 1), the parameter and its layer (the name up to its last '.'), with
 /// nothing applied. After the update the updated values are checked too (dense parameters
-/// and the touched rows), which catches a learning rate that overflows finite gradients. In
+/// and the touched rows), which catches a learning rate that overflows finite gradients;
+/// that error says so, and the store then holds the bad values (reload the checkpoint). In
 /// every case training stops before the epoch ends, so the checkpoint on disk is the last
 /// good (best) one, untouched. The store and context are left clean (no pending gradients).
 ///
@@ -315,6 +316,9 @@ public:
         std::visit([&](auto& opt) { append_state(out, opt); }, sparse_);
         return out;
     }
+
+    /// Replaces options.on_epoch (lets the callback capture the trainer itself, e.g. to predict).
+    void set_on_epoch(std::function<void(const epoch_stats&)> f) { o_.on_epoch = std::move(f); }
 
     std::int64_t global_step() const noexcept { return step_; }
     const trainer_options& options() const noexcept { return o_; }
