@@ -15,6 +15,7 @@
 #include <random>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <vector>
 
 #include "support/checks.hpp"
@@ -433,7 +434,8 @@ TEST_CASE("trainer: multi-task models get metrics per task; the watched task dec
     auto o = quiet(4);
     o.watch = xrec::train::metric::logloss;
     o.watch_task = 1;
-    xrec::train::trainer<tiny_lr, T, CPU> tr(model, store, o);
+    xrec::train::trainer tr(model, store, o);  // class template argument deduction: <tiny_lr, float, cpu<>>
+    static_assert(std::is_same_v<decltype(tr), xrec::train::trainer<tiny_lr, T, CPU>>);
     const auto h = tr.fit(w.train, w.valid);
     const auto& v = h.epochs.back().valid;
     REQUIRE(v.size() == 2);
