@@ -67,23 +67,31 @@ def rows_of(offsets):
 
 
 def pool(emb, values, offsets, mode, weights=None):
-    """embedding_bag with xrec's semantics: mean divides by the number of ids, empty bags 0."""
+    """embedding_bag with xrec's semantics: mean divides by the number of ids (not by the sum
+    of the weights), empty bags give zeros; max ties split the gradient (xrec: first wins)."""
     B = len(offsets) - 1
     e = emb(values)
     if weights is not None:
         e = e * weights[:, None]
     rows = rows_of(offsets)
-    lens = (offsets[1:] - offsets[:-1]).to(e.dtype)
     if mode == "max":
-        out = []
-        for b in range(B):
-            s, t = int(offsets[b]), int(offsets[b + 1])
-            out.append(e[s:t].max(0).values if t > s else e.new_zeros(e.shape[1]))
-        return torch.stack(out)
+        idx = rows[:, None].expand_as(e)
+        return e.new_zeros(B, e.shape[1]).scatter_reduce(0, idx, e, "amax", include_self=False)
     y = e.new_zeros(B, e.shape[1]).index_add(0, rows, e)
     if mode == "mean":
+        lens = (offsets[1:] - offsets[:-1]).to(e.dtype)
         y = y / lens.clamp(min=1)[:, None]
     return y
+
+
+def segment_softmax(s, rows, B):
+    """Softmax of s [N] within the rows' segments (rows [N] the owning row of each entry)."""
+    if s.numel() == 0:
+        return s
+    m = s.new_zeros(B).scatter_reduce(0, rows, s.detach(), "amax", include_self=False)
+    e = torch.exp(s - m[rows])
+    z = s.new_zeros(B).index_add(0, rows, e)
+    return e / z[rows]
 
 
 # --------------------------------------------------------------------------------------
@@ -192,12 +200,7 @@ class TargetAttention(nn.Module):
         if self.output == "sigmoid":
             s = torch.sigmoid(s)
         if self.softmax:
-            parts = []
-            for b in range(B):
-                lo, hi = int(offsets[b]), int(offsets[b + 1])
-                if hi > lo:
-                    parts.append(torch.softmax(s[lo:hi], 0))
-            s = torch.cat(parts) if parts else s
+            s = segment_softmax(s, rows, B)
         return q.new_zeros(B, keys.shape[1]).index_add(0, rows, s[:, None] * keys)
 
     def xrec_names(self, prefix):
@@ -333,16 +336,15 @@ class BST(_Base):
         B = sparse.shape[0]
         kept = torch.clamp(off[1:] - off[:-1], max=self.max_len)
         T = int(kept.max()) + 1 if B else 1
+        t = torch.arange(T)[None, :]
+        src = off[1:, None] - t  # position t >= 1 of row b holds values[end_b - t]
+        valid = (t >= 1) & (t <= kept[:, None])
         parts = []
         for c, h in zip(self.cand, self.hist):
             pad = L.offsets[L.sequences[h][1]]
-            ids = torch.full((B, T), pad, dtype=torch.long)
-            vals = seqs[h][0]
-            for b in range(B):
-                ids[b, 0] = sparse[b, c]
-                end = int(off[b + 1])
-                for t in range(1, int(kept[b]) + 1):
-                    ids[b, t] = vals[end - t]
+            vals = torch.cat([seqs[h][0], torch.tensor([pad])])  # index nnz: the padding row
+            ids = vals[torch.where(valid, src, torch.full_like(src, len(vals) - 1))]
+            ids[:, 0] = sparse[:, c]
             parts.append(self.embedding(ids))
         x = torch.cat(parts, 2) + self.positions.weight[:T]
         lengths = kept + 1

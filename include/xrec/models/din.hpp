@@ -38,6 +38,8 @@ namespace xrec::models {
 /// real behaviours only), pools non-history sequence fields (here: their layout pooling),
 /// and puts dense features into the DNN the same way. The paper's code uses a sigmoid unit
 /// (the default here) and Dice in the tower (default here too).
+/// Per-id weights of a history field (layout weighted) are not used by the attention: a
+/// behaviour's weight is what the unit computes.
 /// Backward: that of the layers (ops::din_unit_input fuses the unit's first layer).
 template <class T = float, class B = cpu<>>
 struct din {

@@ -10,6 +10,7 @@
 #include <utility>
 #include <vector>
 
+#include "xrec/core/arena.hpp"
 #include "xrec/core/context.hpp"
 #include "xrec/core/error.hpp"
 #include "xrec/core/features.hpp"
@@ -87,9 +88,12 @@ struct esmm_loss_node : tape_node {
 /// purchase):
 ///   L = 1/B sum_b [ BCE(s(a_b), click_b) + BCE(s(a_b) s(c_b), click_b purchase_b) ]
 /// computed from the logits in log space (see detail::esmm_row), so pCTCVR = pCTR pCVR never
-/// rounds to 0 or 1 inside a log. Returns [1]. One tape node (host loop; saves the handles).
+/// rounds to 0 or 1 inside a log. Returns [1]. One tape node (host loop; saves the handles;
+/// backward recomputes the per-row derivatives).
 template <class Ctx, class T = typename Ctx::value_type>
 var<T> esmm_loss(Ctx& ctx, const var<T>& logits, const var<T>& labels) {
+    static_assert(backend_memory<typename Ctx::backend>::host_accessible,
+                  "esmm_loss: runs on the host (its [rows, 2] loop is tiny); a device backend needs its own kernel");
     ctx.check(logits);
     XREC_CHECK(logits.s.rank == 2 && logits.s[1] == 2 && labels.numel() == logits.numel(), "esmm_loss: logits ",
                logits.s.str(), " and labels ", labels.s.str(), " must both be [rows, 2] (click, purchase)");
