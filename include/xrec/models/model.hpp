@@ -16,8 +16,8 @@
 //       the training loss (default: binary cross-entropy with logits, mean over rows and
 //       tasks; ESMM replaces it by its CTR + CTCVR loss over the impression space).
 //   void probabilities(const T* logits, std::int64_t rows, T* out) const;
-//       per-task probabilities from logits (default: the logistic function; ESMM turns
-//       its CVR column into pCTCVR = pCTR * pCVR where the layout asks for it).
+//       per-task probabilities from logits (default: the logistic function of each column;
+//       ESMM returns [pCTR, pCVR], pCTCVR being their product).
 #include <cmath>
 #include <concepts>
 #include <cstdint>
