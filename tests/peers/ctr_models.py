@@ -15,6 +15,17 @@ added, one column per sparse field of the layout, wide_only fields included), de
 float. Output: logits [B, 1]; the loss is binary_cross_entropy_with_logits (mean). Sequence
 (multi-hot) fields are not supported by the peers.
 
+Options: each peer takes the layout and keyword arguments named after the C++ options:
+dim (options.dim); hidden, activation, dropout, layer_norm (options.dnn: mlp_options hidden,
+act, dropout, layer_norm); nfm: bi_batch_norm, bi_dropout, bn_eps, bn_momentum; dcn:
+cross_layers; dcn_v2: cross_layers, cross_kind ("full" | "low_rank" | "mixture"), rank,
+experts, expert_activation (options.cross), structure ("parallel" | "stacked"); autoint:
+attention_layers, heads, residual, attention_bias, attention_dropout. sparse=True makes the
+embedding lookups emit sparse gradients (F.embedding(sparse=True): for full-size tables,
+with torch.optim.SparseAdam / Adagrad); the default dense gradients are what the fixtures
+compare. Initialisation follows xrec's defaults in distribution (not in values: load xrec's
+tensors with load_xrec / load_xrec_checkpoint to start from the same point).
+
 Parameter names, one to one: the xrec name of a parameter is "<prefix>." + its key in the
 peer's state_dict(), where <prefix> is the model's options.name ("deepfm", ...). Every
 tensor has the same shape on both sides except BatchNorm's running_mean / running_var,
@@ -103,9 +114,9 @@ class MLP(nn.Module):
 class CTRBase(nn.Module):
     """models::ctr_inputs: the embedding table, the first-order table and the dense linear."""
 
-    def __init__(self, layout: Layout, dim=8, embeddings=True, first_order=True, embedding_std=1e-2):
+    def __init__(self, layout: Layout, dim=8, embeddings=True, first_order=True, embedding_std=1e-2, sparse=False):
         super().__init__()
-        self.layout, self.dim = layout, dim
+        self.layout, self.dim, self.sparse = layout, dim, sparse
         self.register_buffer("deep_idx", torch.tensor(layout.deep_fields, dtype=torch.long), persistent=False)
         if embeddings:
             self.embedding = nn.Parameter(torch.randn(layout.total_rows, dim) * embedding_std)
@@ -120,11 +131,11 @@ class CTRBase(nn.Module):
 
     def fields(self, sparse):
         """[B, F', D]: embeddings of the non-wide_only sparse fields, in layout order."""
-        return self.embedding[sparse[:, self.deep_idx]]
+        return F.embedding(sparse[:, self.deep_idx], self.embedding, sparse=self.sparse)
 
     def first_order(self, sparse, dense):
         """[B, 1]: sum of the first-order weights of all sparse fields + dense linear + bias."""
-        lin = self.linear[sparse].sum(dim=1)
+        lin = F.embedding(sparse, self.linear, sparse=self.sparse).sum(dim=1)
         if self.layout.num_dense > 0:
             return lin + self.dense_linear(dense)
         return lin + self.dense_linear.bias
@@ -136,8 +147,8 @@ class CTRBase(nn.Module):
 
 
 class LR(CTRBase):
-    def __init__(self, layout, **kw):
-        super().__init__(layout, dim=1, embeddings=False)
+    def __init__(self, layout, sparse=False, **kw):
+        super().__init__(layout, dim=1, embeddings=False, sparse=sparse)
 
     def forward(self, sparse, dense):
         return self.first_order(sparse, dense)
@@ -150,16 +161,17 @@ def fm_term(e):
 
 
 class FM(CTRBase):
-    def __init__(self, layout, dim=8, **kw):
-        super().__init__(layout, dim)
+    def __init__(self, layout, dim=8, sparse=False, **kw):
+        super().__init__(layout, dim, sparse=sparse)
 
     def forward(self, sparse, dense):
         return self.first_order(sparse, dense) + fm_term(self.fields(sparse))
 
 
 class DeepFM(CTRBase):
-    def __init__(self, layout, dim=8, hidden=(256, 128), activation="relu", dropout=0.0, layer_norm=False, **kw):
-        super().__init__(layout, dim)
+    def __init__(self, layout, dim=8, hidden=(256, 128), activation="relu", dropout=0.0, layer_norm=False,
+                 sparse=False, **kw):
+        super().__init__(layout, dim, sparse=sparse)
         d = len(layout.deep_fields) * dim + layout.num_dense
         self.dnn = MLP(d, hidden, activation, dropout, layer_norm) if hidden else None
         self.dnn_linear = nn.Linear(self.dnn.out_features, 1, bias=False) if hidden else None
@@ -173,8 +185,9 @@ class DeepFM(CTRBase):
 
 
 class WideDeep(CTRBase):
-    def __init__(self, layout, dim=8, hidden=(256, 128), activation="relu", dropout=0.0, layer_norm=False, **kw):
-        super().__init__(layout, dim)
+    def __init__(self, layout, dim=8, hidden=(256, 128), activation="relu", dropout=0.0, layer_norm=False,
+                 sparse=False, **kw):
+        super().__init__(layout, dim, sparse=sparse)
         d = len(layout.deep_fields) * dim + layout.num_dense
         self.dnn = MLP(d, hidden, activation, dropout, layer_norm)
         self.dnn_linear = nn.Linear(self.dnn.out_features, 1, bias=False)
@@ -186,8 +199,8 @@ class WideDeep(CTRBase):
 
 class NFM(CTRBase):
     def __init__(self, layout, dim=8, hidden=(128, 128), activation="relu", dropout=0.0, layer_norm=False,
-                 bi_batch_norm=False, bi_dropout=0.0, bn_eps=1e-5, bn_momentum=0.1, **kw):
-        super().__init__(layout, dim)
+                 bi_batch_norm=False, bi_dropout=0.0, bn_eps=1e-5, bn_momentum=0.1, sparse=False, **kw):
+        super().__init__(layout, dim, sparse=sparse)
         self.bi_bn = nn.BatchNorm1d(dim, eps=bn_eps, momentum=bn_momentum) if bi_batch_norm else None
         self.bi_dropout = bi_dropout
         self.dnn = MLP(dim + layout.num_dense, hidden, activation, dropout, layer_norm)
@@ -219,8 +232,9 @@ class _CrossV1(nn.Module):
 
 class DCN(CTRBase):
     def __init__(self, layout, dim=8, cross_layers=2, hidden=(128, 128), activation="relu", dropout=0.0,
-                 layer_norm=False, **kw):
-        super().__init__(layout, dim)
+                 layer_norm=False,
+                 sparse=False, **kw):
+        super().__init__(layout, dim, sparse=sparse)
         d = len(layout.deep_fields) * dim + layout.num_dense
         self.cross = nn.ModuleList([_CrossV1(d) for _ in range(cross_layers)])
         self.dnn = MLP(d, hidden, activation, dropout, layer_norm) if hidden else None
@@ -286,8 +300,9 @@ class CrossNetV2(nn.Module):
 
 class DCNv2(CTRBase):
     def __init__(self, layout, dim=8, cross_layers=2, cross_kind="full", rank=0, experts=4, expert_activation="tanh",
-                 hidden=(128, 128), activation="relu", dropout=0.0, layer_norm=False, structure="parallel", **kw):
-        super().__init__(layout, dim)
+                 hidden=(128, 128), activation="relu", dropout=0.0, layer_norm=False, structure="parallel",
+                 sparse=False, **kw):
+        super().__init__(layout, dim, sparse=sparse)
         d = len(layout.deep_fields) * dim + layout.num_dense
         self.structure = structure
         self.cross = CrossNetV2(d, cross_layers, cross_kind, rank, experts, expert_activation)
@@ -323,8 +338,9 @@ class _Interacting(nn.MultiheadAttention):
 
 class AutoInt(CTRBase):
     def __init__(self, layout, dim=8, attention_layers=3, heads=2, residual=True, attention_bias=False,
-                 attention_dropout=0.0, hidden=(256, 128), activation="relu", dropout=0.0, layer_norm=False, **kw):
-        super().__init__(layout, dim)
+                 attention_dropout=0.0, hidden=(256, 128), activation="relu", dropout=0.0, layer_norm=False,
+                 sparse=False, **kw):
+        super().__init__(layout, dim, sparse=sparse)
         nf = len(layout.deep_fields)
         self.att = nn.ModuleList([_Interacting(dim, heads, attention_bias, attention_dropout, residual)
                                   for _ in range(attention_layers)])
@@ -367,6 +383,13 @@ def load_xrec(module: nn.Module, tensors, prefix: str):
             if src.numel() != sd[k].numel():
                 raise ValueError(f"load_xrec: '{name}' has shape {tuple(src.shape)}, peer '{k}' {tuple(sd[k].shape)}")
             sd[k].copy_(src.reshape(sd[k].shape).to(sd[k].dtype))
+
+
+def load_xrec_checkpoint(module: nn.Module, path: str, prefix: str):
+    """load_xrec from an xrec checkpoint file (io::save_checkpoint: safetensors, F32 or F64);
+    extra tensors in the file (optimizer state) are ignored."""
+    from safetensors.torch import load_file
+    load_xrec(module, load_file(path), prefix)
 
 
 def to_xrec(module: nn.Module, prefix: str):
