@@ -3,7 +3,8 @@
 //     w.r.t. every dense parameter and every embedding-table entry, on a tiny layout;
 //  2. parity with the PyTorch peers (tests/peers/ctr_models.py) on
 //     tests/fixtures/ctr_models.safetensors (written by gen_ctr_model_fixtures.py): logits,
-//     loss and every gradient, |got - ref| <= 1e-10 |ref| + 1e-12, parameters loaded by their
+//     loss and every gradient, |got - ref| <= 1e-10 |ref| + 1e-12 in double (and within
+//     1e-5 |ref| + 1e-7 in float), parameters loaded by their
 //     xrec names (every fixture tensor of a case is consumed: the name map is one to one);
 //  3. save_checkpoint / load_checkpoint into a model built with another seed, then
 //     bit-identical predictions on an infer_ctx;
@@ -113,8 +114,10 @@ void with_model(const std::string& c, param_store<T, B>& s, const feature_layout
         f(dcn_v2<T, B>(s, l, {.dim = 4, .cross = {.layers = 2, .kind = layers::cross_kind::low_rank, .rank = 3},
                               .dnn = h, .structure = dcn_structure::stacked}));
     else if (c == "dcn_v2_mixture")
-        f(dcn_v2<T, B>(s, l, {.dim = 4, .cross = {.layers = 2, .kind = layers::cross_kind::mixture, .rank = 3, .experts = 2},
-                              .dnn = h}));
+        f(dcn_v2<T, B>(s, l,
+                       {.dim = 4,
+                        .cross = {.layers = 2, .kind = layers::cross_kind::mixture, .rank = 3, .experts = 2},
+                        .dnn = h}));
     else if (c == "autoint") f(autoint<T, B>(s, l, {.dim = 4, .attention_layers = 2, .heads = 2, .dnn = h}));
     else if (c == "autoint_pure")
         f(autoint<T, B>(s, l, {.dim = 4, .attention_layers = 2, .heads = 2, .attention_bias = true, .dnn = {}}));
@@ -142,25 +145,30 @@ std::size_t fixture_count(const std::string& prefix) {
     return n;
 }
 
-// Worst |got - ref| / (1e-10 |ref| + 1e-12) over the elements; reports misses.
-double compare(const std::string& what, const double* got, const std::vector<double>& ref) {
+// Worst |got - ref| / (rel |ref| + abs) over the elements; reports misses.
+template <class G>
+double compare(const std::string& what, const G* got, const std::vector<double>& ref, double rel = 1e-10,
+               double abs = 1e-12) {
     int misses = 0;
     double worst = 0;
     for (std::size_t i = 0; i < ref.size(); ++i) {
-        const double err = std::fabs(got[i] - ref[i]), tol = 1e-10 * std::fabs(ref[i]) + 1e-12;
+        const double err = std::fabs(static_cast<double>(got[i]) - ref[i]), tol = rel * std::fabs(ref[i]) + abs;
         worst = std::max(worst, err / tol);
-        if (!(err <= tol) && misses++ < 3) MESSAGE(what, " [", i, "]: got ", got[i], " ref ", ref[i]);
+        if (!(err <= tol) && misses++ < 3)
+            MESSAGE(what, " [", i, "]: got ", static_cast<double>(got[i]), " ref ", ref[i]);
     }
     INFO(what);
     CHECK(misses == 0);
     return worst;
 }
 
-std::vector<double> dense_table_grad(const embedding_table<double, B>& t) {
+template <class T>
+std::vector<double> dense_table_grad(const embedding_table<T, B>& t) {
     std::vector<double> g(static_cast<std::size_t>(t.rows * t.dim), 0.0);
     for (std::int64_t k = 0; k < t.grad.count(); ++k)
         for (std::int64_t d = 0; d < t.dim; ++d)
-            g[static_cast<std::size_t>(t.grad.ids[static_cast<std::size_t>(k)] * t.dim + d)] += t.grad.rows[k * t.dim + d];
+            g[static_cast<std::size_t>(t.grad.ids[static_cast<std::size_t>(k)] * t.dim + d)] +=
+                static_cast<double>(t.grad.rows[k * t.dim + d]);
     return g;
 }
 
@@ -198,20 +206,26 @@ TEST_CASE("ctr models: finite-difference gradient check of the loss (double)") {
     }
 }
 
-TEST_CASE("ctr models: parity with the PyTorch peers (double)") {
+// double: |got - ref| <= 1e-10 |ref| + 1e-12; float (the same float64 references):
+// |got - ref| <= 1e-5 |ref| + 1e-7 (the tolerance of test_parity_layers.cpp).
+TEST_CASE_TEMPLATE("ctr models: parity with the PyTorch peers", T, double, float) {
+    const double rel = sizeof(T) == 8 ? 1e-10 : 1e-5, abs = sizeof(T) == 8 ? 1e-12 : 1e-7;
     const feature_layout l = tiny_layout();
-    const batch_data<double> data;
-    const batch<double> bt = data.view();
+    const batch_data<T> data;
+    const batch<T> bt = data.view();
+    auto compare = [&](const std::string& what, const auto* got, const std::vector<double>& ref) {
+        return ::compare(what, got, ref, rel, abs);
+    };
     for (const auto& c : cases()) {
-        param_store<double, B> s(3);
-        with_model<double>(c, s, l, [&](const auto& m) {
+        param_store<T, B> s(3);
+        with_model<T>(c, s, l, [&](const auto& m) {
             const std::size_t loaded = load_case_params(c, s);
             INFO(c);
             CHECK(loaded == fixture_count(c + "/param/"));  // the name map is one to one
-            train_ctx<double, B> ctx;
-            const var<double> y = m(ctx, bt);
+            train_ctx<T, B> ctx;
+            const var<T> y = m(ctx, bt);
             REQUIRE(y.s == shape{bt.rows, 1});
-            const var<double> loss = models::model_loss(m, ctx, y, bt);
+            const var<T> loss = models::model_loss(m, ctx, y, bt);
             s.zero_grad();
             ctx.backward(loss);
             double worst = compare(c + " logits", y.data, fixture().read<double>(c + "/logits"));
@@ -234,7 +248,9 @@ TEST_CASE("ctr models: parity with the PyTorch peers (double)") {
                 ++grads;
             }
             CHECK(grads == fixture_count(c + "/grad/"));
-            MESSAGE(c, ": loss ", loss.data[0], ", ", grads, " gradients, worst error / tolerance ", worst);
+            const std::string type = sizeof(T) == 8 ? "double" : "float";
+            MESSAGE(c, " (", type, "): loss ", static_cast<double>(loss.data[0]), ", ", grads,
+                    " gradients, worst error / tolerance ", worst);
         });
     }
 }

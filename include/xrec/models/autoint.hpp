@@ -88,7 +88,8 @@ struct autoint {
 
     autoint(param_store<T, B>& store, const feature_layout& l, options o = {})
         : layout(l), opt(checked(std::move(o), l)),
-          inputs(store, opt.name, l, input_options{.dim = opt.dim, .first_order = true, .embedding_init = opt.embedding_init}) {
+          inputs(store, opt.name, l,
+                 input_options{.dim = opt.dim, .first_order = true, .embedding_init = opt.embedding_init}) {
         const std::int64_t F = inputs.num_fields(), D = opt.dim;
         XREC_CHECK(F >= 1, "autoint '", opt.name, "': the layout has no embedded field");
         for (std::int64_t i = 0; i < opt.attention_layers; ++i) {
@@ -134,13 +135,14 @@ struct autoint {
 
 private:
     static options checked(options o, const feature_layout& l) {
-        XREC_CHECK(l.num_tasks() == 1, "autoint '", o.name, "': a single-task model, but the layout has ", l.num_tasks(),
-                   " tasks");
+        XREC_CHECK(l.num_tasks() == 1, "autoint '", o.name, "': a single-task model, but the layout has ",
+                   l.num_tasks(), " tasks");
         XREC_CHECK(o.attention_layers >= 1, "autoint '", o.name, "': needs attention_layers >= 1, got ",
                    o.attention_layers);
         XREC_CHECK(o.dim % o.heads == 0 && o.heads >= 1, "autoint '", o.name, "': dim ", o.dim,
                    " must be a multiple of heads ", o.heads);
-        XREC_CHECK(o.dnn.out == 0, "autoint '", o.name, "': dnn.out must be 0 (the model adds its own output linear), got ",
+        XREC_CHECK(o.dnn.out == 0,
+                   "autoint '", o.name, "': dnn.out must be 0 (the model adds its own output linear), got ",
                    o.dnn.out);
         return o;
     }

@@ -69,10 +69,12 @@ struct dcn {
 
     dcn(param_store<T, B>& store, const feature_layout& l, options o = {})
         : layout(l), opt(checked(std::move(o), l)),
-          inputs(store, opt.name, l, input_options{.dim = opt.dim, .first_order = true, .embedding_init = opt.embedding_init}),
+          inputs(store, opt.name, l,
+                 input_options{.dim = opt.dim, .first_order = true, .embedding_init = opt.embedding_init}),
           cross(store, opt.name + ".cross", input_width(), opt.cross_layers),
-          dnn(opt.dnn.hidden.empty() ? std::nullopt
-                                     : std::optional<layers::mlp<T, B>>(std::in_place, store, opt.name + ".dnn", input_width(), opt.dnn)),
+          dnn(opt.dnn.hidden.empty()
+                  ? std::nullopt
+                  : std::optional<layers::mlp<T, B>>(std::in_place, store, opt.name + ".dnn", input_width(), opt.dnn)),
           dnn_linear(store, opt.name + ".dnn_linear", input_width() + (dnn ? dnn->out_features() : 0), 1, false) {}
 
     /// Width d of the cross network's input: F D + Dn.
@@ -103,7 +105,8 @@ private:
     static options checked(options o, const feature_layout& l) {
         XREC_CHECK(l.num_tasks() == 1, "dcn '", o.name, "': a single-task model, but the layout has ", l.num_tasks(),
                    " tasks");
-        XREC_CHECK(o.dnn.out == 0, "dcn '", o.name, "': dnn.out must be 0 (the model adds its own output linear), got ",
+        XREC_CHECK(o.dnn.out == 0,
+                   "dcn '", o.name, "': dnn.out must be 0 (the model adds its own output linear), got ",
                    o.dnn.out);
         return o;
     }

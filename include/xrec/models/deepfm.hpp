@@ -68,7 +68,8 @@ struct deepfm {
 
     deepfm(param_store<T, B>& store, const feature_layout& l, options o = {})
         : layout(l), opt(checked(std::move(o), l)),
-          inputs(store, opt.name, l, input_options{.dim = opt.dim, .first_order = true, .embedding_init = opt.embedding_init}),
+          inputs(store, opt.name, l,
+                 input_options{.dim = opt.dim, .first_order = true, .embedding_init = opt.embedding_init}),
           interaction(store, opt.name + ".fm") {
         if (opt.dnn.hidden.empty()) return;
         dnn.emplace(store, opt.name + ".dnn", inputs.num_fields() * opt.dim + l.num_dense(), opt.dnn);
@@ -96,7 +97,8 @@ private:
     static options checked(options o, const feature_layout& l) {
         XREC_CHECK(l.num_tasks() == 1, "deepfm '", o.name, "': a single-task model, but the layout has ", l.num_tasks(),
                    " tasks");
-        XREC_CHECK(o.dnn.out == 0, "deepfm '", o.name, "': dnn.out must be 0 (the model adds its own output linear), got ",
+        XREC_CHECK(o.dnn.out == 0,
+                   "deepfm '", o.name, "': dnn.out must be 0 (the model adds its own output linear), got ",
                    o.dnn.out);
         return o;
     }

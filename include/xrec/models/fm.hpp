@@ -50,7 +50,8 @@ struct fm {
 
     fm(param_store<T, B>& store, const feature_layout& l, options o = {})
         : layout(l), opt(std::move(o)),
-          inputs(store, opt.name, l, input_options{.dim = opt.dim, .first_order = true, .embedding_init = opt.embedding_init}),
+          inputs(store, opt.name, l,
+                 input_options{.dim = opt.dim, .first_order = true, .embedding_init = opt.embedding_init}),
           interaction(store, opt.name + ".fm") {
         XREC_CHECK(l.num_tasks() == 1, "fm '", opt.name, "': a single-task model, but the layout has ", l.num_tasks(),
                    " tasks");

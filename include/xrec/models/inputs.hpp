@@ -34,7 +34,8 @@ struct input_options {
 /// The shared input block of the CTR models (DeepCTR's "input_from_feature_columns").
 ///
 /// Parameters: "<name>.embedding" [total_rows, dim] (one table for all fields; fields that
-/// share a vocabulary share rows; absent when embeddings is false), and with first_order "<name>.linear" [total_rows, 1] plus
+/// share a vocabulary share rows; absent when embeddings is false), and with first_order
+/// "<name>.linear" [total_rows, 1] plus
 /// "<name>.dense_linear.weight" [1, num_dense] and "<name>.dense_linear.bias" [1] (the model's
 /// global bias; the weight exists only when there are dense fields).
 ///

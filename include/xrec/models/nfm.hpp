@@ -77,9 +77,11 @@ struct nfm {
 
     nfm(param_store<T, B>& store, const feature_layout& l, options o = {})
         : layout(l), opt(checked(std::move(o), l)),
-          inputs(store, opt.name, l, input_options{.dim = opt.dim, .first_order = true, .embedding_init = opt.embedding_init}),
+          inputs(store, opt.name, l,
+                 input_options{.dim = opt.dim, .first_order = true, .embedding_init = opt.embedding_init}),
           bi(store, opt.name + ".bi"),
-          bi_bn(opt.bi_batch_norm ? std::optional<layers::batch_norm<T, B>>(std::in_place, store, opt.name + ".bi_bn", opt.dim, opt.bn)
+          bi_bn(opt.bi_batch_norm ? std::optional<layers::batch_norm<T, B>>(std::in_place, store, opt.name + ".bi_bn",
+                                                                            opt.dim, opt.bn)
                                   : std::nullopt),
           dnn(store, opt.name + ".dnn", opt.dim + l.num_dense(), opt.dnn),
           dnn_linear(store, opt.name + ".dnn_linear", dnn.out_features(), 1, false) {
@@ -106,7 +108,8 @@ private:
     static options checked(options o, const feature_layout& l) {
         XREC_CHECK(l.num_tasks() == 1, "nfm '", o.name, "': a single-task model, but the layout has ", l.num_tasks(),
                    " tasks");
-        XREC_CHECK(o.dnn.out == 0, "nfm '", o.name, "': dnn.out must be 0 (the model adds its own output linear), got ",
+        XREC_CHECK(o.dnn.out == 0,
+                   "nfm '", o.name, "': dnn.out must be 0 (the model adds its own output linear), got ",
                    o.dnn.out);
         XREC_CHECK(o.bi_dropout >= 0 && o.bi_dropout < 1, "nfm '", o.name, "': bi_dropout must be in [0, 1), got ",
                    o.bi_dropout);

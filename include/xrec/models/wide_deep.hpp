@@ -67,10 +67,12 @@ struct wide_deep {
 
     wide_deep(param_store<T, B>& store, const feature_layout& l, options o = {})
         : layout(l), opt(checked(std::move(o), l)),
-          inputs(store, opt.name, l, input_options{.dim = opt.dim, .first_order = true, .embedding_init = opt.embedding_init}),
+          inputs(store, opt.name, l,
+                 input_options{.dim = opt.dim, .first_order = true, .embedding_init = opt.embedding_init}),
           dnn(store, opt.name + ".dnn", inputs.num_fields() * opt.dim + l.num_dense(), opt.dnn),
           dnn_linear(store, opt.name + ".dnn_linear", dnn.out_features(), 1, false) {
-        XREC_CHECK(inputs.num_fields() >= 1, "wide_deep '", opt.name, "': the deep part has no field (all are wide_only)");
+        XREC_CHECK(inputs.num_fields() >= 1, "wide_deep '", opt.name,
+                   "': the deep part has no field (all are wide_only)");
     }
 
     /// logits [b.rows, 1].
