@@ -21,12 +21,14 @@
 #include <cstring>
 #include <filesystem>
 #include <random>
+#include <span>
 #include <string>
 #include <vector>
 
 #include "xrec/core/context.hpp"
 #include "xrec/core/features.hpp"
 #include "xrec/core/param_store.hpp"
+#include "xrec/core/rng.hpp"
 #include "xrec/io/checkpoint.hpp"
 #include "xrec/io/safetensors.hpp"
 #include "xrec/models/autoint.hpp"
@@ -320,5 +322,46 @@ TEST_CASE("ctr models: both contexts; evaluation mode equals inference; multi-ta
         const feature_layout two = tiny_layout({"click", "buy"});
         param_store<float, B> s2(5);
         CHECK_THROWS_AS(with_model<float>(c, s2, two, [](const auto&) {}), error);
+    }
+}
+
+TEST_CASE("ctr models: gradient check with pooled sequence fields (double)") {
+    // The tiny layout plus a mean-pooled history over a new table t4 and a weighted
+    // sum-pooled multi-hot field sharing table t0 with sparse field a: ctr_inputs pools both
+    // into field vectors (deep part) and into the first-order term. Row 2 has an empty
+    // history (a zero field vector).
+    feature_layout l = tiny_layout();
+    l.tables.push_back({"t4", 7});
+    l.sequences = {{"hist", 4, 3, pooling::mean, false}, {"tags", 0, 2, pooling::sum, true}};
+    l.finish();
+    const batch_data<double> data;
+    batch<double> bt = data.view();
+    const std::int64_t t4 = l.tables[4].offset;
+    const std::vector<std::int64_t> hist_ids{t4 + 1, t4 + 6, t4 + 1, t4 + 3, t4 + 0, t4 + 2, t4 + 5, t4 + 4, t4 + 6};
+    const std::vector<std::int64_t> hist_off{0, 2, 3, 3, 5, 7, 9};
+    const std::vector<std::int64_t> tag_ids{0, 3, 4, 1, 2, 2, 0};
+    const std::vector<std::int64_t> tag_off{0, 1, 3, 4, 5, 6, 7};
+    const std::vector<double> tag_w{0.5, 1.5, -0.7, 1.0, 2.0, 0.3, 1.2};
+    const std::vector<jagged_ids> seqs{{hist_ids, hist_off}, {tag_ids, tag_off}};
+    const std::vector<std::span<const double>> weights{{}, tag_w};
+    bt.sequences = seqs;
+    bt.sequence_weights = weights;
+    bt.check("test", l);
+    for (const auto& c : cases()) {
+        param_store<double, B> s(3);
+        with_model<double>(c, s, l, [&](const auto& m) {
+            // Random values of scale 0.5 everywhere (running variances positive).
+            const rng_stream rs{philox{mix_seed(17, 1)}, 0};
+            std::uint64_t k = 0;
+            for (auto& t : s.named_tensors())
+                for (std::int64_t i = 0; i < t.s.numel(); ++i, ++k)
+                    t.data[i] = t.name.ends_with("running_var") ? 0.5 + rs.uniform(k) : 0.5 * rs.normal(k);
+            auto f = [&](auto& ctx, auto&) { return models::model_loss(m, ctx, m(ctx, bt), bt); };
+            const auto rep = testing::gradcheck<B>(f, {}, &s);
+            INFO(c, ": ", rep.failures);
+            CHECK(rep.ok);
+            CHECK(rep.checked == s.parameter_count());
+            MESSAGE(c, " + sequences: ", rep.checked, " scalars checked, max abs err ", rep.max_abs_err);
+        });
     }
 }
