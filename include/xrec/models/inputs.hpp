@@ -21,17 +21,21 @@ namespace xrec::models {
 
 /// Options of the input block. `dim` is the embedding width shared by all fields;
 /// `first_order` adds the linear part (a 1-wide table over the same ids plus a linear map of
-/// the dense features with a bias), which lr, fm, deepfm and wide_deep use.
+/// the dense features with a bias), which lr, fm, deepfm and wide_deep use. `embeddings`
+/// false leaves the embedding table out (a purely linear model such as lr would otherwise
+/// carry an unused [total_rows, dim] table); fields(), sequence() and lookup() then refuse.
 struct input_options {
     std::int64_t dim = 8;
     bool first_order = false;
+    bool embeddings = true;
     init embedding_init = init::normal(0, 1e-2);
 };
 
 /// The shared input block of the CTR models (DeepCTR's "input_from_feature_columns").
 ///
 /// Parameters: "<name>.embedding" [total_rows, dim] (one table for all fields; fields that
-/// share a vocabulary share rows), and with first_order "<name>.linear" [total_rows, 1] plus
+/// share a vocabulary share rows; absent when embeddings is false), and with first_order
+/// "<name>.linear" [total_rows, 1] plus
 /// "<name>.dense_linear.weight" [1, num_dense] and "<name>.dense_linear.bias" [1] (the model's
 /// global bias; the weight exists only when there are dense fields).
 ///
@@ -59,7 +63,8 @@ struct ctr_inputs {
         : layout(l), opt(o), name(layer_name) {
         XREC_CHECK(layout.total_rows() > 0, "ctr_inputs '", name, "': the layout has no ids (call finish()?)");
         XREC_CHECK(o.dim > 0, "ctr_inputs '", name, "': embedding dim must be positive, got ", o.dim);
-        emb = s.add_table(name + ".embedding", layout.total_rows(), o.dim, o.embedding_init);
+        XREC_CHECK(o.embeddings || o.first_order, "ctr_inputs '", name, "': neither embeddings nor a first-order part");
+        if (o.embeddings) emb = s.add_table(name + ".embedding", layout.total_rows(), o.dim, o.embedding_init);
         if (o.first_order) {
             has_lin = true;
             lin = s.add_table(name + ".linear", layout.total_rows(), 1, init::zeros());
@@ -80,6 +85,7 @@ struct ctr_inputs {
 
     template <class Ctx>
     var<T> fields(Ctx& ctx, const batch<T>& b, bool pool_sequences = true) const {
+        XREC_CHECK(opt.embeddings, "ctr_inputs '", name, "': fields() needs input_options.embeddings");
         const std::int64_t n = b.rows, F = static_cast<std::int64_t>(deep_fields.size()), D = opt.dim;
         std::vector<var<T>> parts;
         if (F > 0) {
@@ -126,11 +132,13 @@ struct ctr_inputs {
 
     template <class Ctx>
     var<T> sequence(Ctx& ctx, const batch<T>& b, std::int64_t k) const {
+        XREC_CHECK(opt.embeddings, "ctr_inputs '", name, "': sequence() needs input_options.embeddings");
         return ops::embedding_lookup(ctx, emb, b.sequences[static_cast<std::size_t>(k)].values);
     }
 
     template <class Ctx>
     var<T> lookup(Ctx& ctx, std::span<const std::int64_t> ids) const {
+        XREC_CHECK(opt.embeddings, "ctr_inputs '", name, "': lookup() needs input_options.embeddings");
         return ops::embedding_lookup(ctx, emb, ids);
     }
 
