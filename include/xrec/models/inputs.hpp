@@ -27,8 +27,8 @@ namespace xrec::models {
 struct input_options {
     std::int64_t dim = 8;
     bool first_order = false;
-    bool embeddings = true;
     init embedding_init = init::normal(0, 1e-2);
+    bool embeddings = true;  // false: no embedding table (lr needs only the linear part)
 };
 
 /// The shared input block of the CTR models (DeepCTR's "input_from_feature_columns").
@@ -87,7 +87,9 @@ struct ctr_inputs {
     var<T> fields(Ctx& ctx, const batch<T>& b, bool pool_sequences = true) const {
         XREC_CHECK(opt.embeddings, "ctr_inputs '", name, "': fields() needs input_options.embeddings");
         const std::int64_t n = b.rows, F = static_cast<std::int64_t>(deep_fields.size()), D = opt.dim;
-        std::vector<var<T>> parts;
+        // The parts live in the context's arena: no heap allocation per request.
+        var<T>* parts = ctx.template scratch<var<T>>(1 + layout.num_sequences());
+        std::size_t np = 0;
         if (F > 0) {
             std::span<const std::int64_t> ids(b.sparse.data, static_cast<std::size_t>(b.sparse.numel()));
             if (F != layout.num_sparse()) {
@@ -97,12 +99,12 @@ struct ctr_inputs {
                         sel[r * F + j] = b.sparse.data[r * layout.num_sparse() + deep_fields[static_cast<std::size_t>(j)]];
                 ids = {sel, static_cast<std::size_t>(n * F)};
             }
-            parts.push_back(ops::reshape(ctx, ops::embedding_lookup(ctx, emb, ids), shape{n, F * D}));
+            parts[np++] = ops::reshape(ctx, ops::embedding_lookup(ctx, emb, ids), shape{n, F * D});
         }
         if (pool_sequences)
-            for (std::int64_t k = 0; k < layout.num_sequences(); ++k) parts.push_back(pooled(ctx, b, emb, k));
-        XREC_CHECK(!parts.empty(), "ctr_inputs '", name, "': no fields to embed");
-        var<T> flat = parts.size() == 1 ? parts[0] : ops::concat(ctx, std::span<const var<T>>(parts));
+            for (std::int64_t k = 0; k < layout.num_sequences(); ++k) parts[np++] = pooled(ctx, b, emb, k);
+        XREC_CHECK(np > 0, "ctr_inputs '", name, "': no fields to embed");
+        var<T> flat = np == 1 ? parts[0] : ops::concat(ctx, std::span<const var<T>>(parts, np));
         return ops::reshape(ctx, flat, shape{n, flat.cols() / D, D});
     }
 
