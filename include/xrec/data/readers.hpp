@@ -96,6 +96,16 @@ inline std::string show(std::string_view s) {
     return out;
 }
 
+/// Concatenation by appending (GCC 12 warns falsely (-Wrestrict) on "literal" + std::string&&).
+template <class... A>
+std::string cat(const A&... a) {
+    std::string s;
+    (s.append(std::string_view(a)), ...);
+    return s;
+}
+/// show(v) in single quotes.
+inline std::string quote(std::string_view v) { return cat("'", show(v), "'"); }
+
 }  // namespace detail
 
 /// Where bad lines go: the policy and the counts. A reader owns one; records point to it so
@@ -278,7 +288,7 @@ private:
     }
     void too_long_() {
         sink_.reject(path_, line_, static_cast<std::int64_t>(opt_.max_line_bytes) + 1, bad_line::too_long,
-                     "a line of at most " + std::to_string(opt_.max_line_bytes) + " bytes", "a longer line");
+                     detail::cat("a line of at most ", std::to_string(opt_.max_line_bytes), " bytes"), "a longer line");
     }
     // Moves the unread bytes to the front and appends one chunk from the file.
     void fill_() {
@@ -415,7 +425,7 @@ private:
                 if (i < n && s[i] != d_.delimiter)
                     return src_.sink().reject(src_.path(), src_.line(), static_cast<std::int64_t>(i) + 1,
                                               bad_line::token, "a delimiter after a closing quote",
-                                              "'" + detail::show(std::string_view(s + i, n - i)) + "'");
+                                              detail::quote(std::string_view(s + i, n - i)));
                 cols_.emplace_back(s + open, w - open);
             } else {
                 const char* e = static_cast<const char*>(std::memchr(s + i, d_.delimiter, n - i));
@@ -445,8 +455,8 @@ private:
 /// Column names of the Criteo display-advertising files: label, I1..I13, C1..C26.
 inline std::vector<std::string> criteo_columns() {
     std::vector<std::string> n{"label"};
-    for (int i = 1; i <= 13; ++i) n.push_back("I" + std::to_string(i));
-    for (int i = 1; i <= 26; ++i) n.push_back("C" + std::to_string(i));
+    for (int i = 1; i <= 13; ++i) n.push_back(detail::cat("I", std::to_string(i)));
+    for (int i = 1; i <= 26; ++i) n.push_back(detail::cat("C", std::to_string(i)));
     return n;
 }
 
@@ -535,7 +545,7 @@ private:
         return true;
     }
     bool reject_(std::size_t k, bad_line why, const char* expected, std::string_view got) {
-        return src_.sink().reject(src_.path(), src_.line(), starts_[k], why, expected, "'" + detail::show(got) + "'");
+        return src_.sink().reject(src_.path(), src_.line(), starts_[k], why, expected, detail::quote(got));
     }
 
     line_source src_;
