@@ -82,7 +82,16 @@ struct table_options {
 
 namespace detail {
 using count_map = std::unordered_map<std::string, std::int64_t, string_hash, std::equal_to<>>;
-}
+
+/// The parsed (not yet encoded) values of one record: views into the record's columns.
+struct parse_scratch {
+    std::vector<double> lv, dv;
+    std::vector<std::string_view> sv;
+    std::vector<std::vector<std::string_view>> items;
+    std::vector<std::vector<double>> weights;
+    std::int64_t gv = -1, tv = 0;
+};
+}  // namespace detail
 
 /// A growing vocabulary for streams (new items appear, old ones fade), deterministic:
 ///  - a value gets a row (is admitted) when it has been seen `admit_count` times; before that
@@ -266,7 +275,8 @@ struct sequence_options {
 enum class encode_mode { train, serve };
 
 /// One encoded row, before it is appended to a ctr_dataset: ids are global (table offset
-/// added). The buffers are reused from row to row.
+/// added). The buffers (and the parsing scratch) are reused from row to row, so a serving
+/// thread that keeps one encoded_row encodes requests without allocating once warm.
 template <class T>
 struct encoded_row {
     std::vector<std::int64_t> sparse;
@@ -275,6 +285,7 @@ struct encoded_row {
     std::vector<std::vector<T>> seq_weights;
     std::int64_t group = -1;
     std::int64_t time = 0;
+    detail::parse_scratch scratch;
 
     void append_to(ctr_dataset<T>& d) const {
         std::vector<std::span<const std::int64_t>> s(seq.begin(), seq.end());
@@ -412,14 +423,15 @@ public:
         fitted_ = false;
     }
     bool fit_record(const raw_record& r) {
-        if (!parse_(r, encode_mode::train)) return false;
-        for (std::size_t i = 0; i < sparse_.size(); ++i) count_(sparse_[i].table, sv_[i]);
+        auto& sc = fit_scratch_;
+        if (!parse_(r, encode_mode::train, sc)) return false;
+        for (std::size_t i = 0; i < sparse_.size(); ++i) count_(sparse_[i].table, sc.sv[i]);
         for (std::size_t k = 0; k < seqs_.size(); ++k)
-            for (auto v : items_[k]) count_(seqs_[k].table, v);
+            for (auto v : sc.items[k]) count_(seqs_[k].table, v);
         for (std::size_t i = 0; i < dense_.size(); ++i) {
             auto& f = dense_[i];
             if (!f.standard) continue;
-            const double x = pre_(f, dv_[i]);  // Welford, in file order: deterministic
+            const double x = pre_(f, sc.dv[i]);  // Welford, in file order: deterministic
             f.n += 1;
             const double d = x - f.m;
             f.m += d / static_cast<double>(f.n);
@@ -481,33 +493,22 @@ public:
     }
 
     // ---- encoding ----------------------------------------------------------------------
-    /// Encodes one record into `row`; false when the record was refused (and skipped).
+    /// Encodes one record into `row`; false when the record was refused (and skipped). Mode
+    /// train may change growing tables; mode serve goes through the const path below.
     template <class T>
     bool encode(const raw_record& r, encoded_row<T>& row, encode_mode mode = encode_mode::train) {
+        if (mode == encode_mode::serve) return encode_serve(r, row);
         XREC_CHECK(fitted_, "schema::encode: the schema is not fitted");
-        if (!parse_(r, mode)) return false;
-        row.labels.resize(labels_.size());
-        for (std::size_t i = 0; i < labels_.size(); ++i) row.labels[i] = static_cast<T>(lv_[i]);
-        row.dense.resize(dense_.size());
-        for (std::size_t i = 0; i < dense_.size(); ++i) {
-            const auto& f = dense_[i];
-            double x = pre_(f, dv_[i]);
-            if (f.standard) x = (x - f.mean) / f.sd;
-            row.dense[i] = static_cast<T>(x);
-        }
-        row.sparse.resize(sparse_.size());
-        for (std::size_t i = 0; i < sparse_.size(); ++i) row.sparse[i] = id_(sparse_[i].table, sv_[i], mode);
-        row.seq.resize(seqs_.size());
-        row.seq_weights.resize(seqs_.size());
-        for (std::size_t k = 0; k < seqs_.size(); ++k) {
-            row.seq[k].clear();
-            row.seq_weights[k].clear();
-            for (auto v : items_[k]) row.seq[k].push_back(id_(seqs_[k].table, v, mode));
-            if (seqs_[k].weighted)
-                for (auto w : weights_[k]) row.seq_weights[k].push_back(static_cast<T>(w));
-        }
-        row.group = gv_;
-        row.time = tv_;
+        if (!parse_(r, encode_mode::train, row.scratch)) return false;
+        fill_(row, [this](std::int64_t t, std::string_view v) { return train_id_(t, v); });
+        return true;
+    }
+    /// Encodes one record reading the schema only (thread-safe on a shared const schema).
+    template <class T>
+    bool encode_serve(const raw_record& r, encoded_row<T>& row) const {
+        XREC_CHECK(fitted_, "schema::encode: the schema is not fitted");
+        if (!parse_(r, encode_mode::serve, row.scratch)) return false;
+        fill_(row, [this](std::int64_t t, std::string_view v) { return lookup_id_(t, v); });
         return true;
     }
 
@@ -531,13 +532,13 @@ public:
     /// training encoded it (mode serve: labels may be empty, growing tables are read only).
     /// A bad value throws "request:1:<field number>: expected ..., got ...".
     template <class T>
-    void encode_request(std::span<const std::string_view> columns, encoded_row<T>& row) {
+    void encode_request(std::span<const std::string_view> columns, encoded_row<T>& row) const {
         const raw_record r{"request", 1, columns, {}, nullptr};
-        encode(r, row, encode_mode::serve);
+        encode_serve(r, row);
     }
     /// Serving by column name: columns not given are empty (missing).
     template <class T>
-    void encode_request_named(const std::vector<std::pair<std::string, std::string>>& named, encoded_row<T>& row) {
+    void encode_request_named(const std::vector<std::pair<std::string, std::string>>& named, encoded_row<T>& row) const {
         std::vector<std::string_view> cols(columns_.size());
         for (auto& [k, v] : named) {
             auto it = std::find(columns_.begin(), columns_.end(), k);
@@ -983,8 +984,8 @@ private:
         else ++it->second;
     }
 
-    std::int64_t id_(std::int64_t t, std::string_view v, encode_mode mode) {
-        auto& tb = tables_[static_cast<std::size_t>(t)];
+    std::int64_t lookup_id_(std::int64_t t, std::string_view v) const {
+        const auto& tb = tables_[static_cast<std::size_t>(t)];
         std::int64_t local = 0;
         switch (tb.opt.kind) {
             case table_kind::vocab:
@@ -992,14 +993,48 @@ private:
                     if (auto it = tb.ids.find(v); it != tb.ids.end()) local = it->second;
                 break;
             case table_kind::hash: local = hash_bucket(v, tb.opt.buckets, tb.opt.seed); break;
-            case table_kind::grow: local = mode == encode_mode::train ? tb.grow.observe(v) : tb.grow.lookup(v); break;
+            case table_kind::grow: local = tb.grow.lookup(v); break;
         }
         return layout_.tables[static_cast<std::size_t>(t)].offset + local;
     }
+    std::int64_t train_id_(std::int64_t t, std::string_view v) {
+        auto& tb = tables_[static_cast<std::size_t>(t)];
+        if (tb.opt.kind != table_kind::grow) return lookup_id_(t, v);
+        return layout_.tables[static_cast<std::size_t>(t)].offset + tb.grow.observe(v);
+    }
 
-    // Parses the columns every field reads into the scratch (lv_, dv_, sv_, items_, weights_,
-    // gv_, tv_); refuses the record through its sink on the first bad value.
-    bool parse_(const raw_record& r, encode_mode mode) {
+    // Turns the parsed values in row.scratch into the encoded row; `id(table, value)` maps a
+    // categorical value to its global id.
+    template <class T, class IdFn>
+    void fill_(encoded_row<T>& row, IdFn&& id) const {
+        const auto& sc = row.scratch;
+        row.labels.resize(labels_.size());
+        for (std::size_t i = 0; i < labels_.size(); ++i) row.labels[i] = static_cast<T>(sc.lv[i]);
+        row.dense.resize(dense_.size());
+        for (std::size_t i = 0; i < dense_.size(); ++i) {
+            const auto& f = dense_[i];
+            double x = pre_(f, sc.dv[i]);
+            if (f.standard) x = (x - f.mean) / f.sd;
+            row.dense[i] = static_cast<T>(x);
+        }
+        row.sparse.resize(sparse_.size());
+        for (std::size_t i = 0; i < sparse_.size(); ++i) row.sparse[i] = id(sparse_[i].table, sc.sv[i]);
+        row.seq.resize(seqs_.size());
+        row.seq_weights.resize(seqs_.size());
+        for (std::size_t k = 0; k < seqs_.size(); ++k) {
+            row.seq[k].clear();
+            row.seq_weights[k].clear();
+            for (auto v : sc.items[k]) row.seq[k].push_back(id(seqs_[k].table, v));
+            if (seqs_[k].weighted)
+                for (auto w : sc.weights[k]) row.seq_weights[k].push_back(static_cast<T>(w));
+        }
+        row.group = sc.gv;
+        row.time = sc.tv;
+    }
+
+    // Parses the columns every field reads into `sc`; refuses the record through its sink on
+    // the first bad value.
+    bool parse_(const raw_record& r, encode_mode mode, detail::parse_scratch& sc) const {
         XREC_CHECK(bound_, "schema: bind() the columns first");
         auto need = [&](std::size_t col) {
             if (col < r.size()) return true;
@@ -1009,7 +1044,7 @@ private:
         auto bad = [&](std::size_t col, std::string_view v, const std::string& what) {
             return r.reject(col, 0, bad_line::number, what, detail::quote(v));
         };
-        lv_.resize(labels_.size());
+        sc.lv.resize(labels_.size());
         for (std::size_t i = 0; i < labels_.size(); ++i) {
             const auto& l = labels_[i];
             if (!need(l.col)) return false;
@@ -1022,30 +1057,30 @@ private:
             } else if (l.binarize) {
                 x = x >= *l.binarize ? 1.0 : 0.0;
             }
-            lv_[i] = x;
+            sc.lv[i] = x;
         }
-        dv_.resize(dense_.size());
+        sc.dv.resize(dense_.size());
         for (std::size_t i = 0; i < dense_.size(); ++i) {
             const auto& f = dense_[i];
             if (!need(f.col)) return false;
             const auto v = r[f.col];
             if (v.empty()) {
-                dv_[i] = f.fill;
-            } else if (!parse_double(v, dv_[i])) {
+                sc.dv[i] = f.fill;
+            } else if (!parse_double(v, sc.dv[i])) {
                 return bad(f.col, v, detail::cat("a number or an empty field in column '", f.column, "'"));
             }
         }
-        sv_.resize(sparse_.size());
+        sc.sv.resize(sparse_.size());
         for (std::size_t i = 0; i < sparse_.size(); ++i) {
             if (!need(sparse_[i].col)) return false;
-            sv_[i] = r[sparse_[i].col];
+            sc.sv[i] = r[sparse_[i].col];
         }
-        items_.resize(seqs_.size());
-        weights_.resize(seqs_.size());
+        sc.items.resize(seqs_.size());
+        sc.weights.resize(seqs_.size());
         for (std::size_t k = 0; k < seqs_.size(); ++k) {
             const auto& f = seqs_[k];
-            auto& it = items_[k];
-            auto& wt = weights_[k];
+            auto& it = sc.items[k];
+            auto& wt = sc.weights[k];
             it.clear(), wt.clear();
             if (f.source == sequence_source::split) {
                 if (!need(f.col)) return false;
@@ -1087,20 +1122,20 @@ private:
                 }
             }
         }
-        gv_ = -1;
+        sc.gv = -1;
         if (!group_.empty()) {
             if (!need(group_col_)) return false;
             const auto v = r[group_col_];
             std::int64_t g = 0;
-            if (v.empty()) gv_ = -1;
-            else if (parse_int64(v, g)) gv_ = g;
-            else gv_ = static_cast<std::int64_t>(stable_hash64(v) >> 1);
+            if (v.empty()) sc.gv = -1;
+            else if (parse_int64(v, g)) sc.gv = g;
+            else sc.gv = static_cast<std::int64_t>(stable_hash64(v) >> 1);
         }
-        tv_ = 0;
+        sc.tv = 0;
         if (!time_.empty()) {
             if (!need(time_col_)) return false;
             const auto v = r[time_col_];
-            if (!parse_int64(v, tv_))
+            if (!parse_int64(v, sc.tv))
                 return r.reject(time_col_, 0, bad_line::value, detail::cat("an integer timestamp in column '", time_, "'"),
                                 detail::quote(v));
         }
@@ -1181,12 +1216,7 @@ private:
     std::vector<std::string> columns_;
     bool bound_ = false, fitted_ = false;
     feature_layout layout_;
-    // scratch of one record
-    std::vector<double> lv_, dv_;
-    std::vector<std::string_view> sv_;
-    std::vector<std::vector<std::string_view>> items_;
-    std::vector<std::vector<double>> weights_;
-    std::int64_t gv_ = -1, tv_ = 0;
+    detail::parse_scratch fit_scratch_;
 };
 
 /// The Criteo schema (DeepCTR's example): task "click" from column "label"; I1..I13 dense,
