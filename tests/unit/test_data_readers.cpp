@@ -305,3 +305,47 @@ TEST_CASE("line_source: memory stays bounded on a long file of long lines skippe
     REQUIRE(r.next(rec));
     CHECK(rec.line == 2);
 }
+
+TEST_CASE("readers: random garbage never crashes; stop throws xrec::error, skip counts every refused line") {
+    // Seeded garbage: mostly printable text with tabs, commas, colons, quotes, CR/LF and bytes
+    // >= 0x80 (so some lines are bad UTF-8), plus long lines.
+    std::uint64_t x = 0x9e3779b97f4a7c15ull;
+    auto next = [&] {
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        return x;
+    };
+    const std::string alphabet = "abc019:.,\t \"\r\n-+eE\x80\xc3\xa9\xff";
+    for (int trial = 0; trial < 40; ++trial) {
+        std::string bytes;
+        const auto len = 200 + next() % 3000;
+        for (std::uint64_t i = 0; i < len; ++i) bytes += alphabet[next() % alphabet.size()];
+        temp_file f("garbage" + std::to_string(trial), bytes);
+        reader_options o = tiny(1 + next() % 64, on_error::skip);
+        o.max_line_bytes = 16 + next() % 200;
+        auto run = [&](auto make) {
+            auto r = make(o);
+            std::int64_t n = 0;
+            raw_record rec;
+            while (r.next(rec)) {
+                ++n;
+                for (std::size_t k = 0; k < rec.size(); ++k) CHECK(rec.column_of(k) >= 1);
+            }
+            CHECK(n + r.skipped().total() >= 0);
+            reader_options stop = o;
+            stop.errors = on_error::stop;
+            try {
+                auto rs = make(stop);
+                while (rs.next(rec)) {
+                }
+            } catch (const xrec::error& e) {
+                CHECK(std::string(e.what()).find(f.str() + ":") == 0);
+            }
+        };
+        delimited_options d;
+        d.header = false;
+        d.delimiter = trial % 2 ? '\t' : ',';
+        run([&](reader_options ro) { return delimited_reader(f.str(), d, ro); });
+        run([&](reader_options ro) { return libsvm_reader(f.str(), ro); });
+        run([&](reader_options ro) { return libffm_reader(f.str(), ro); });
+    }
+}
