@@ -273,3 +273,49 @@ TEST_CASE("stream_source: a stream with unseen, hashed and growing ids encodes a
                                                                            << " rows recycled); 40 serving rows, "
                                                                            << unseen_cat << " unseen categories -> 0");
 }
+
+TEST_CASE("row_batch: encoded requests gathered into a batch equal the batcher's batch of the same rows") {
+    temp_file f("rb.csv",
+                "click,item,hist,tags\n"
+                "1,i1,i2|i3|i1,a:0.5|b:2\n"
+                "0,i2,i1|i9|i3|i2|i1,\n"
+                "1,i3,,c:1\n");
+    auto s = schema::from_spec("click=label; item=sparse; hist=seq(share=item, max_len=3); tags=seq(weighted)");
+    delimited_reader r(f.str());
+    s.fit(r);
+    r.rewind();
+    auto e = s.encode_all<float>(r);
+    batcher<float> bt(e.rows, 3);
+    bt.start_epoch(0);
+    xrec::batch<float> want;
+    REQUIRE(bt.next(want));
+
+    row_batch<float> rb(s.layout());
+    encoded_row<float> row;
+    const std::vector<std::vector<std::pair<std::string, std::string>>> reqs{
+        {{"click", "1"}, {"item", "i1"}, {"hist", "i2|i3|i1"}, {"tags", "a:0.5|b:2"}},
+        {{"item", "i2"}, {"hist", "i1|i9|i3|i2|i1"}},
+        {{"click", "1"}, {"item", "i3"}, {"tags", "c:1"}}};
+    for (int pass = 0; pass < 2; ++pass) {  // a reused row_batch gives the same batch
+        rb.clear();
+        for (auto& q : reqs) {
+            s.encode_request_named<float>(q, row);
+            rb.add(row);
+        }
+        auto got = rb.view();
+        got.check("row_batch", s.layout());
+        CHECK(got.rows == 3);
+        CHECK(std::vector<std::int64_t>(got.sparse.data, got.sparse.data + 3) ==
+              std::vector<std::int64_t>(want.sparse.data, want.sparse.data + 3));
+        CHECK(std::vector<float>(got.labels.data, got.labels.data + 3) ==
+              std::vector<float>(want.labels.data, want.labels.data + 3));
+        for (std::size_t k = 0; k < 2; ++k) {
+            CHECK(std::vector<std::int64_t>(got.sequences[k].values.begin(), got.sequences[k].values.end()) ==
+                  std::vector<std::int64_t>(want.sequences[k].values.begin(), want.sequences[k].values.end()));
+            CHECK(std::vector<std::int64_t>(got.sequences[k].offsets.begin(), got.sequences[k].offsets.end()) ==
+                  std::vector<std::int64_t>(want.sequences[k].offsets.begin(), want.sequences[k].offsets.end()));
+        }
+        CHECK(std::vector<float>(got.sequence_weights[1].begin(), got.sequence_weights[1].end()) ==
+              std::vector<float>{0.5f, 2.0f, 1.0f});
+    }
+}

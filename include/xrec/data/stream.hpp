@@ -16,6 +16,83 @@
 
 namespace xrec::data {
 
+/// Encoded rows gathered into one batch: what a stream emits, and what a server builds from
+/// the requests it encoded (encoded_row by encoded_row) before calling a model. add() keeps the
+/// newest max_len ids of a sequence field, as ctr_dataset::append does; clear() keeps the
+/// capacity, so a reused row_batch stops allocating once it has seen its largest batch.
+/// view() is valid until the next add() or clear().
+template <class T>
+class row_batch {
+public:
+    row_batch() = default;
+    explicit row_batch(feature_layout layout) : L_(std::move(layout)), seqs_(L_.sequences.size()) {
+        jag_.resize(seqs_.size());
+        wspans_.resize(seqs_.size());
+        clear();
+    }
+
+    std::int64_t rows() const noexcept { return n_; }
+
+    void clear() {
+        n_ = 0;
+        sparse_.clear(), dense_.clear(), labels_.clear(), groups_.clear();
+        for (auto& c : seqs_) c.values.clear(), c.offsets.assign(1, 0), c.weights.clear();
+    }
+
+    void add(const encoded_row<T>& r) {
+        XREC_CHECK(static_cast<std::int64_t>(r.sparse.size()) == L_.num_sparse() &&
+                       static_cast<std::int64_t>(r.dense.size()) == L_.num_dense() &&
+                       static_cast<std::int64_t>(r.labels.size()) == L_.num_tasks() && r.seq.size() == seqs_.size(),
+                   "row_batch::add: the row does not match the layout");
+        sparse_.insert(sparse_.end(), r.sparse.begin(), r.sparse.end());
+        dense_.insert(dense_.end(), r.dense.begin(), r.dense.end());
+        labels_.insert(labels_.end(), r.labels.begin(), r.labels.end());
+        groups_.push_back(r.group);
+        for (std::size_t k = 0; k < seqs_.size(); ++k) {
+            const auto& ids = r.seq[k];
+            const std::int64_t keep = L_.sequences[k].max_len;
+            const std::size_t skip =
+                keep > 0 && static_cast<std::int64_t>(ids.size()) > keep ? ids.size() - static_cast<std::size_t>(keep) : 0;
+            auto& c = seqs_[k];
+            c.values.insert(c.values.end(), ids.begin() + static_cast<std::ptrdiff_t>(skip), ids.end());
+            c.offsets.push_back(static_cast<std::int64_t>(c.values.size()));
+            if (L_.sequences[k].weighted) {
+                const auto& w = r.seq_weights[k];
+                XREC_CHECK(w.size() == ids.size(), "row_batch::add: weighted field '", L_.sequences[k].name, "' has ",
+                           w.size(), " weights for ", ids.size(), " ids");
+                c.weights.insert(c.weights.end(), w.begin() + static_cast<std::ptrdiff_t>(skip), w.end());
+            }
+        }
+        ++n_;
+    }
+
+    /// The rows added since clear(), as a batch of views.
+    batch<T> view() {
+        for (std::size_t k = 0; k < seqs_.size(); ++k) {
+            jag_[k] = jagged_ids{seqs_[k].values, seqs_[k].offsets};
+            wspans_[k] = seqs_[k].weights;
+        }
+        batch<T> b;
+        b.rows = n_;
+        b.sparse = {sparse_.data(), shape{n_, L_.num_sparse()}};
+        b.dense = {dense_.data(), shape{n_, L_.num_dense()}};
+        b.sequences = jag_;
+        b.sequence_weights = wspans_;
+        b.labels = {labels_.data(), shape{n_, L_.num_tasks()}};
+        b.groups = groups_;
+        return b;
+    }
+
+private:
+    feature_layout L_;  // a copy: a few names and sizes
+    std::int64_t n_ = 0;
+    std::vector<std::int64_t> sparse_, groups_;
+    std::vector<T> dense_, labels_;
+    std::vector<typename ctr_dataset<T>::sequence_column> seqs_;
+    std::vector<jagged_ids> jag_;
+    std::vector<std::span<const T>> wspans_;
+};
+
 /// Options of a stream_source.
 ///  - batch_size: rows per batch (the last batch of an epoch may be shorter).
 ///  - shuffle_buffer: 0 reads in file order; K > 0 keeps K encoded rows and emits a uniformly
@@ -46,8 +123,7 @@ public:
         XREC_CHECK(s.fitted(), "stream_source: the schema is not fitted");
         XREC_CHECK(reader.header() == s.columns(), "stream_source: '", reader.path(),
                    "' has other columns than the file the schema was fitted on");
-        jag_.resize(s.layout().sequences.size());
-        wspans_.resize(jag_.size());
+        cur_ = row_batch<T>(s.layout());
     }
 
     const feature_layout& layout() const { return s_->layout(); }
@@ -67,17 +143,17 @@ public:
     }
 
     bool next(batch<T>& out) {
-        cur_ = ctr_dataset<T>(s_->layout());
+        cur_.clear();
         const rng_stream rs{philox{mix_seed(o_.seed, static_cast<std::uint64_t>(epoch_))}, 0x57e4};
-        while (cur_.size() < o_.batch_size) {
+        while (cur_.rows() < o_.batch_size) {
             if (o_.shuffle_buffer == 0) {
                 if (!read_(spare_)) break;
-                spare_.append_to(cur_);
+                cur_.add(spare_);
                 continue;
             }
             if (pool_.empty()) break;
             const auto j = static_cast<std::size_t>(rs.below(draws_++, pool_.size()));
-            pool_[j].append_to(cur_);
+            cur_.add(pool_[j]);
             if (read_(spare_)) {
                 std::swap(pool_[j], spare_);
             } else {
@@ -85,22 +161,9 @@ public:
                 pool_.pop_back();
             }
         }
-        const std::int64_t n = cur_.size();
-        if (n == 0) return false;
-        emitted_ += n;
-        const auto& L = s_->layout();
-        for (std::size_t k = 0; k < jag_.size(); ++k) {
-            const auto& c = cur_.sequence_column_of(static_cast<std::int64_t>(k));
-            jag_[k] = jagged_ids{c.values, c.offsets};
-            wspans_[k] = c.weights;
-        }
-        out.rows = n;
-        out.sparse = {cur_.sparse_column().data(), shape{n, L.num_sparse()}};
-        out.dense = {cur_.dense_column().data(), shape{n, L.num_dense()}};
-        out.sequences = jag_;
-        out.sequence_weights = wspans_;
-        out.labels = {cur_.label_column().data(), shape{n, L.num_tasks()}};
-        out.groups = cur_.group_column();
+        if (cur_.rows() == 0) return false;
+        emitted_ += cur_.rows();
+        out = cur_.view();
         return true;
     }
 
@@ -122,9 +185,7 @@ private:
     std::uint64_t draws_ = 0;
     std::vector<encoded_row<T>> pool_;
     encoded_row<T> spare_;
-    ctr_dataset<T> cur_;
-    std::vector<jagged_ids> jag_;
-    std::vector<std::span<const T>> wspans_;
+    row_batch<T> cur_;
 };
 
 }  // namespace xrec::data
