@@ -310,15 +310,25 @@ struct encoded {
 ///    share a table count into it together) and mean/sd of standardised dense fields, over the
 ///    lines that parse (bad lines are refused through the reader's policy and count nothing).
 ///    Growing tables are not fitted; they grow while encoding in train mode.
-///  - layout(): the feature_layout: one table per own-table field, in declaration order
-///    (sparse fields, then sequence fields), sparse fields, dense fields, sequence fields,
-///    one task per label.
+///  - layout(): the feature_layout: one table per field that does not share, in the order the
+///    fields were declared; sparse fields, dense fields and sequence fields each in declaration
+///    order; one task per label. Row 0 of every table (local id 0) is missing/unseen.
 ///  - encode(record, row, mode) / encode_all(reader): rows of that layout with global ids.
 ///  - encode_request(columns) / encode_request_named({{column, text}...}): one raw row -> one
-///    row, by the same code path (mode serve).
+///    row, by the same code path (mode serve; const, so threads may share one schema, each
+///    with its own encoded_row).
 ///  - to_json() / from_json(): the whole fitted state; a loaded schema encodes bit-identically.
+///    (Values are stored as JSON strings: keep readers' check_utf8 on, or a non-UTF-8 value
+///    makes the text unloadable.)
 /// Bad values (a dense column that is not a number, a bad label, ...) are refused with
 /// "file:line:column: expected ..., got ..." or skipped and counted, per the reader's policy.
+///
+///   auto s = data::criteo_schema(2);
+///   auto train = data::criteo_reader("train.tsv");
+///   s.fit(train);
+///   train.rewind();
+///   auto enc = s.encode_all<float>(train);           // enc.rows: ctr_dataset<float>
+///   save(s.to_json()); ... auto s2 = data::schema::from_json(text);
 class schema {
 public:
     schema() = default;
