@@ -451,3 +451,47 @@ TEST_CASE("schema::from_json refuses malformed text") {
     xrec_test::expect_error([] { schema::from_json("{\"format\":\"xrec.schema\",\"version\":1}"); }, {"missing member 'columns'"});
     xrec_test::expect_error([] { schema::from_json("[1,"); }, {"invalid JSON"});
 }
+
+TEST_CASE("schema: empty input, garbage input and truncated lines never crash") {
+    temp_file empty("empty.tsv", "");
+    auto s = criteo_schema(1);
+    auto r = criteo_reader(empty.str());
+    xrec_test::expect_error([&] { s.fit(r); }, {"schema::fit: '" + empty.str() + "' has no usable rows"});
+    temp_file header_only("header.csv", "y,x\n");
+    schema h;
+    h.label("y").dense("x");
+    delimited_reader hr(header_only.str());
+    xrec_test::expect_error([&] { h.fit(hr); }, {"has no usable rows"});
+
+    // A schema over a CSV with every kind of field, fed seeded garbage under skip and stop.
+    temp_file good("good.csv", "y,x,c,s,t\n1,2,a,p|q,10\n0,3,b,q,11\n");
+    auto g = schema::from_spec("y=label; x=dense(log, standard); c=sparse(grow=4, admit=1); s=seq(max_len=2); t=time");
+    delimited_reader gr(good.str());
+    g.fit(gr);
+    std::uint64_t x = 12345;
+    auto next = [&] {
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        return x;
+    };
+    const std::string alphabet = "y019,,,|||::.-e \"\n\n\x80";
+    for (int trial = 0; trial < 30; ++trial) {
+        std::string bytes = "y,x,c,s,t\n";
+        const auto len = 100 + next() % 1500;
+        for (std::uint64_t i = 0; i < len; ++i) bytes += alphabet[next() % alphabet.size()];
+        temp_file f("garbage.csv", bytes);
+        reader_options o;
+        o.chunk_bytes = 1 + next() % 50;
+        o.max_line_bytes = 40;
+        o.errors = on_error::skip;
+        delimited_reader rs(f.str(), {}, o);
+        auto e = g.encode_all<float>(rs);
+        CHECK(e.rows.size() >= 0);
+        o.errors = on_error::stop;
+        delimited_reader rt(f.str(), {}, o);
+        try {
+            g.encode_all<float>(rt);
+        } catch (const xrec::error& err) {
+            CHECK(std::string(err.what()).find(f.str() + ":") == 0);
+        }
+    }
+}
