@@ -363,6 +363,10 @@ TEST_CASE("schema on DeepCTR's Criteo CSV: standardised dense fields have mean 0
         CHECK(std::abs(m) < 1e-12);
         CHECK(std::sqrt(q / 200) == doctest::Approx(1.0).epsilon(1e-9));
     }
+    // the fitted means and sds survive JSON to the last bit
+    auto back = schema::from_json(s.to_json());
+    r.rewind();
+    check_same(e.rows, back.encode_all<double>(r).rows);
 }
 
 TEST_CASE("schema: bad values stop with file:line:column or are skipped and counted") {
