@@ -142,6 +142,10 @@ public:
         while (pool_.size() < k && read_(spare_)) pool_.push_back(std::move(spare_));
     }
 
+    /// Global ids recycled by the schema's growing tables since the last call (the trainer
+    /// zeroes their rows before training on the batch that reuses them).
+    std::vector<std::int64_t> take_recycled() { return s_->take_recycled(); }
+
     bool next(batch<T>& out) {
         cur_.clear();
         const rng_stream rs{philox{mix_seed(o_.seed, static_cast<std::uint64_t>(epoch_))}, 0x57e4};

@@ -317,6 +317,36 @@ public:
         return out;
     }
 
+    /// Rows recycled by a growing vocabulary (data::schema::take_recycled(): global ids that now
+    /// stand for new values) start over: in every table indexed by global ids (a table with
+    /// more rows than the largest id; one-row statistics tables are not) the rows become zero,
+    /// and so do the sparse optimizer's per-row state of those tables (moments, accumulators).
+    /// fit() calls this before each step with what a batch source that has take_recycled()
+    /// (data::stream_source) reports, so a recycled row never carries its old value's weights.
+    void forget_rows(std::span<const std::int64_t> ids) {
+        if (ids.empty()) return;
+        const std::int64_t top = *std::max_element(ids.begin(), ids.end());
+        std::vector<std::string> names;
+        for (std::int64_t ti = 0; ti < store_->table_count(); ++ti) {
+            auto& t = store_->table(ti);
+            if (t.rows <= top) continue;
+            names.push_back("." + t.name + ".");
+            for (auto id : ids)
+                if (id >= 0) std::fill(t.row(id), t.row(id) + t.dim, T(0));
+        }
+        std::vector<named_tensor<T>> st;
+        std::visit([&](auto& opt) { append_state(st, opt); }, sparse_);
+        for (auto& nt : st) {
+            if (nt.s.rank != 2 || nt.s[0] <= top) continue;
+            bool ours = false;
+            for (auto& n : names) ours = ours || nt.name.find(n) != std::string::npos;
+            if (!ours) continue;
+            const std::int64_t w = nt.s[1];
+            for (auto id : ids)
+                if (id >= 0) std::fill(nt.data + id * w, nt.data + (id + 1) * w, T(0));
+        }
+    }
+
     /// Replaces options.on_epoch (lets the callback capture the trainer itself, e.g. to predict).
     void set_on_epoch(std::function<void(const epoch_stats&)> f) { o_.on_epoch = std::move(f); }
 
@@ -509,6 +539,10 @@ private:
             double loss_sum = 0;
             train.start_epoch(e);
             while (train.next(b)) {
+                if constexpr (requires { train.take_recycled(); }) {
+                    const auto rec = train.take_recycled();
+                    forget_rows(rec);
+                }
                 if (b.rows == 0) continue;
                 const double lv = step(b, e + 1);
                 loss_sum += lv * static_cast<double>(b.rows);
