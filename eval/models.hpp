@@ -93,18 +93,24 @@ void with_model(const std::string& name, store_t& s, const xrec::feature_layout&
         o.pairs = pairs;
         o.mlp.hidden = c.hidden;
         o.transformer.dropout = 0;
+        o.readout = m::bst_readout::sum;  // keeps how many behaviours match (the shop's click model counts them)
         m::bst<T, B> model(s, layout, o);
         f(model);
     } else if (name == "shared_bottom") {
         typename m::shared_bottom<T, B>::options o;
         o.inputs = in;
-        o.bottom.hidden = c.hidden;
+        // Shared-bottom and MMoE at about equal size, as in the MMoE paper's synthetic study:
+        // one bottom of 64 units vs 8 experts of 16, towers of 16.
+        o.bottom.hidden = {64};
+        o.tower.hidden = {16};
         m::shared_bottom<T, B> model(s, layout, o);
         f(model);
     } else if (name == "mmoe") {
         typename m::mmoe<T, B>::options o;
         o.inputs = in;
-        o.expert.hidden = {c.hidden.front()};
+        o.experts = 8;
+        o.expert.hidden = {16};
+        o.tower.hidden = {16};
         m::mmoe<T, B> model(s, layout, o);
         f(model);
     } else if (name == "esmm") {

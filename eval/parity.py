@@ -105,11 +105,11 @@ def build_peer(name, meta):
     if name == "din":
         m = sm.DIN(lay, 8, pairs, mlp_hidden=(200, 200))
     elif name == "bst":
-        m = sm.BST(lay, 8, pairs, mlp_hidden=(200, 200), dropout=0.0)
+        m = sm.BST(lay, 8, pairs, mlp_hidden=(200, 200), dropout=0.0, readout="sum")
     elif name == "shared_bottom":
-        m = sm.SharedBottom(lay, 8, bottom_hidden=(200, 200))
+        m = sm.SharedBottom(lay, 8, bottom_hidden=(64,), tower_hidden=(16,))
     elif name == "mmoe":
-        m = sm.MMoE(lay, 8, expert_hidden=(200,))
+        m = sm.MMoE(lay, 8, experts=8, expert_hidden=(16,), tower_hidden=(16,))
     elif name == "esmm":
         m = sm.ESMM(lay, 8, tower_hidden=(200, 200))
     m.embedding.sparse = True
@@ -179,6 +179,7 @@ def main():
     ap.add_argument("--models")
     ap.add_argument("--seeds", type=int, default=1)
     ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--train-rows", type=int, default=40000, help="synthetic shop: training rows of the parity run")
     ap.add_argument("--data", default=os.path.join(HERE, "..", "..", "shared", "data", "criteo"))
     a = ap.parse_args()
     torch.set_num_threads(1)
@@ -192,7 +193,8 @@ def main():
         for seed in range(1, a.seeds + 1):
             with tempfile.TemporaryDirectory() as d:
                 subprocess.run([a.xrec_eval, "export", "--dataset", a.dataset, "--model", name, "--seed", str(seed),
-                                "--epochs", str(a.epochs), "--out", d, "--data", a.data], check=True,
+                                "--epochs", str(a.epochs), "--out", d, "--data", a.data,
+                                "--train_rows", str(a.train_rows)], check=True,
                                stdout=subprocess.DEVNULL)
                 with open(os.path.join(d, "xrec.json")) as f:
                     ours = json.load(f)["epochs"][-1]

@@ -310,7 +310,7 @@ class DIN(_Base):
 class BST(_Base):
     """xrec models::bst: sequence [candidate, newest .. oldest kept behaviour], padded with
     each table's row 0, learned positions, TransformerEncoderLayer blocks with key padding,
-    readout 'candidate' (position 0) or 'mean' (over valid positions), MLP."""
+    readout 'candidate' (position 0), 'mean' or 'sum' (over valid positions), MLP."""
 
     kind = "bst"
 
@@ -355,7 +355,9 @@ class BST(_Base):
             z = x[:, 0]
         else:
             valid = (~pad_mask).to(x.dtype)
-            z = (x * valid[:, :, None]).sum(1) / lengths.to(x.dtype)[:, None]
+            z = (x * valid[:, :, None]).sum(1)
+            if self.readout == "mean":
+                z = z / lengths.to(x.dtype)[:, None]
         rest = self.flat(sparse, dense, seqs, seq_weights, skip_seq=set(self.hist))
         return self.mlp(torch.cat([z, rest], 1))
 

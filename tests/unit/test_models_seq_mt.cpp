@@ -98,7 +98,7 @@ struct fixture_batch {
 
 int tasks_of(const std::string& c) { return c.rfind("din", 0) == 0 || c.rfind("bst", 0) == 0 ? 1 : 2; }
 
-const std::vector<std::string> all_cases = {"din_a", "din_b", "bst_a", "bst_b", "shared_bottom", "mmoe_a", "mmoe_b", "esmm"};
+const std::vector<std::string> all_cases = {"din_a", "din_b", "bst_a", "bst_b", "bst_c", "shared_bottom", "mmoe_a", "mmoe_b", "esmm"};
 
 // Builds the model of case c (the generator's CASES) in store s and calls f(model).
 template <class T, class F>
@@ -124,13 +124,18 @@ void with_model(const std::string& c, param_store<T, B>& s, const feature_layout
         }
         models::din<T, B> m(s, l, o);
         f(m);
-    } else if (c == "bst_a" || c == "bst_b") {
+    } else if (c == "bst_a" || c == "bst_b" || c == "bst_c") {
         typename models::bst<T, B>::options o;
         o.inputs = in;
         if (c == "bst_a") {
             o.pairs = pairs2;
             o.transformer = {2, 8, 0.0, activation::relu, false, 1e-5};
             o.mlp.hidden = {6};
+        } else if (c == "bst_c") {  // the sum readout
+            o.pairs = pairs2;
+            o.transformer = {1, 6, 0.0, activation::relu, false, 1e-5};
+            o.readout = models::bst_readout::sum;
+            o.mlp.hidden = {5};
         } else {
             o.pairs = {{"item", "hist_item"}};
             o.max_len = 3;
@@ -332,7 +337,7 @@ TEST_CASE("seq/mt models: a batch whose histories are all empty") {
     std::vector<jagged_ids> seqs = {{none, zero_off}, {none, zero_off}, fb.seqs[2]};
     batch<double> b = fb.b;
     b.sequences = seqs;
-    for (const std::string c : {"din_a", "din_b", "bst_a", "bst_b"}) {
+    for (const std::string c : {"din_a", "din_b", "bst_a", "bst_b", "bst_c"}) {
         param_store<double, B> store(2);
         with_model<double>(c, store, layout, [&](auto& m) {
             train_ctx<double, B> ctx;

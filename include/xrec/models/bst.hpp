@@ -26,7 +26,8 @@ namespace xrec::models {
 /// What BST feeds the tower from the transformer's output sequence.
 enum class bst_readout {
     candidate,  ///< the output at the candidate's position (t = 0)
-    mean        ///< the mean of the outputs over the valid positions (candidate + history)
+    mean,       ///< the mean of the outputs over the valid positions (candidate + history)
+    sum         ///< their sum: keeps how many behaviours match, which a mean divides away
 };
 
 /// Behavior Sequence Transformer. Row b's sequence is the candidate followed by its
@@ -40,6 +41,7 @@ enum class bst_readout {
 /// keys (key lengths n_b + 1), and
 ///   h = blocks(s + pos[0..T))            pos: positional_embedding [max_len + 1, P D]
 ///   z_b = h_b[0]                (readout candidate)  or  mean_{t <= n_b} h_b[t]  (mean)
+///                               or  sum_{t <= n_b} h_b[t]  (sum)
 ///   logit_b = mlp([z_b, rest_b])   [tasks]   rest as DIN: every non-wide sparse field, the
 ///                                  other sequence fields pooled, the dense features
 /// Shapes: B rows -> logits [B, layout.num_tasks()].
@@ -126,7 +128,9 @@ struct bst {
         for (std::int64_t r = 0; r < n; ++r)
             for (std::int64_t t = 0; t < len; ++t)
                 w[r * len + t] = readout == bst_readout::candidate ? T(t == 0 ? 1 : 0)
-                                                                   : (t < lengths[r] ? T(1) / static_cast<T>(lengths[r]) : T(0));
+                                 : t >= lengths[r]                  ? T(0)
+                                 : readout == bst_readout::sum      ? T(1)
+                                                                    : T(1) / static_cast<T>(lengths[r]);
         const var<T> wv = ctx.input(tensor_view<const T>{w, shape{n * len}});
         const var<T> z = ops::jagged_weighted_sum(ctx, wv, ops::reshape(ctx, x, shape{n * len, W}),
                                                   std::span<const std::int64_t>(seg, static_cast<std::size_t>(n + 1)));
