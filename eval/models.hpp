@@ -99,18 +99,18 @@ void with_model(const std::string& name, store_t& s, const xrec::feature_layout&
     } else if (name == "shared_bottom") {
         typename m::shared_bottom<T, B>::options o;
         o.inputs = in;
-        // Shared-bottom and MMoE at about equal size, as in the MMoE paper's synthetic study:
-        // one bottom of 64 units vs 8 experts of 16, towers of 16.
-        o.bottom.hidden = {64};
-        o.tower.hidden = {16};
+        // DeepCTR-Torch's comparison: each expert of MMoE as wide as the shared bottom
+        // (hidden), towers of 64.
+        o.bottom.hidden = c.hidden;
+        o.tower.hidden = {64};
         m::shared_bottom<T, B> model(s, layout, o);
         f(model);
     } else if (name == "mmoe") {
         typename m::mmoe<T, B>::options o;
         o.inputs = in;
-        o.experts = 8;
-        o.expert.hidden = {16};
-        o.tower.hidden = {16};
+        o.experts = 4;
+        o.expert.hidden = c.hidden;
+        o.tower.hidden = {64};
         m::mmoe<T, B> model(s, layout, o);
         f(model);
     } else if (name == "esmm") {

@@ -3,7 +3,7 @@
 //   xrec_eval criteo [--data DIR] [--seeds 5] [--epochs 3] [--models a,b,...]
 //       every CTR model on ../shared/data/criteo: train on train, AUC / logloss on dev+test,
 //       mean and standard error over seeds.
-//   xrec_eval shop [--seeds 3]
+//   xrec_eval shop [--seeds 3] [--epochs 3] [--only basic,sequence,multi_task,esmm]
 //       the synthetic-shop checks: setting basic (deepfm vs Bayes, dcn_v2 vs fm), sequence
 //       (din and bst vs Bayes and vs deepfm with mean-pooled history), multi_task (mmoe vs
 //       shared_bottom), esmm vs a CVR model trained on clicked rows only.
@@ -259,7 +259,10 @@ int cmd_shop(const args& a) {
                 xrec::version_string, seeds, epochs);
     std::printf("| setting | model | test AUC (mean ± se) | Bayes AUC (mean) | gap |\n|---|---|---|---|---|\n");
     std::map<std::string, double> mean;
+    const auto parts = split_list(a.get("only", "basic,sequence,multi_task,esmm"));
+    auto want = [&](const char* p) { return std::find(parts.begin(), parts.end(), p) != parts.end(); };
     for (const char* setting : {"basic", "sequence"}) {
+        if (!want(setting)) continue;
         const std::vector<std::string> models = std::string(setting) == "basic"
                                                     ? std::vector<std::string>{"lr", "fm", "deepfm", "dcn_v2"}
                                                     : std::vector<std::string>{"deepfm", "din", "bst"};
@@ -277,7 +280,7 @@ int cmd_shop(const args& a) {
         const double b = summarize(bayes).mean;
         for (const auto& m : models) mean[std::string(setting) + "/" + m] = row(setting, m, auc[m], b);
     }
-    {  // multi-task: two tasks of low correlation
+    if (want("multi_task")) {  // multi-task: two tasks of low correlation
         std::map<std::string, std::vector<double>> auc;
         std::vector<double> bayes0, bayes1;
         for (long sd = 1; sd <= seeds; ++sd) {
@@ -296,7 +299,7 @@ int cmd_shop(const args& a) {
             row("multi_task", std::string(m) + " task 1", auc[std::string(m) + " task 1"], summarize(bayes1).mean);
         }
     }
-    {  // ESMM: CVR over all impressions vs a CVR model trained on clicked impressions only
+    if (want("esmm")) {  // ESMM: CVR over all impressions vs a CVR model trained on clicked impressions only
         std::vector<double> esmm_cvr, naive_cvr, bayes;
         for (long sd = 1; sd <= seeds; ++sd) {
             const auto d = load_shop("basic", static_cast<std::uint64_t>(sd), true);
