@@ -3,7 +3,7 @@
 //   xrec_eval criteo [--data DIR] [--seeds 5] [--epochs 3] [--models a,b,...]
 //       every CTR model on ../shared/data/criteo: train on train, AUC / logloss on dev+test,
 //       mean and standard error over seeds.
-//   xrec_eval shop [--seeds 3] [--epochs 3] [--only basic,sequence,multi_task,esmm]
+//   xrec_eval shop [--seeds 3] [--epochs 3] [--only basic,sequence,multi_task,esmm] [--models a,b]
 //       the synthetic-shop checks: setting basic (deepfm vs Bayes, dcn_v2 vs fm), sequence
 //       (din and bst vs Bayes and vs deepfm with mean-pooled history), multi_task (mmoe vs
 //       shared_bottom), esmm vs a CVR model trained on clicked rows only.
@@ -263,9 +263,13 @@ int cmd_shop(const args& a) {
     auto want = [&](const char* p) { return std::find(parts.begin(), parts.end(), p) != parts.end(); };
     for (const char* setting : {"basic", "sequence"}) {
         if (!want(setting)) continue;
-        const std::vector<std::string> models = std::string(setting) == "basic"
-                                                    ? std::vector<std::string>{"lr", "fm", "deepfm", "dcn_v2"}
-                                                    : std::vector<std::string>{"deepfm", "din", "bst"};
+        std::vector<std::string> models = std::string(setting) == "basic"
+                                              ? std::vector<std::string>{"lr", "fm", "deepfm", "dcn_v2"}
+                                              : std::vector<std::string>{"deepfm", "din", "bst"};
+        if (a.kv.count("models")) {  // a subset (re-running one model)
+            const auto keep = split_list(a.get("models", ""));
+            std::erase_if(models, [&](const std::string& m) { return std::find(keep.begin(), keep.end(), m) == keep.end(); });
+        }
         std::map<std::string, std::vector<double>> auc;
         std::vector<double> bayes;
         for (long sd = 1; sd <= seeds; ++sd) {

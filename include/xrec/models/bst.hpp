@@ -27,7 +27,8 @@ namespace xrec::models {
 enum class bst_readout {
     candidate,  ///< the output at the candidate's position (t = 0)
     mean,       ///< the mean of the outputs over the valid positions (candidate + history)
-    sum         ///< their sum: keeps how many behaviours match, which a mean divides away
+    sum         ///< their sum: keeps how many behaviours match, which a mean divides away (a fixed
+                ///< 1 / (max_len + 1) scale on it trained worse on the synthetic shop: 0.758 vs 0.787)
 };
 
 /// Behavior Sequence Transformer. Row b's sequence is the candidate followed by its
