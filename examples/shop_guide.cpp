@@ -117,10 +117,17 @@ model_run train_model(const std::string& name, Model& model, store_t& store, con
 void write_chart(const std::string& path, const std::string& title, const std::vector<model_run>& runs, double bayes) {
     using xrec::train::curve;
     xrec::io::svg_panel auc{"validation AUC", "epoch", "AUC", {}}, loss{"loss", "epoch", "logloss", {}};
-    for (const auto& r : runs) {
-        auc.series.push_back(xrec::train::history_series(r.hist, r.name, curve::valid_auc));
+    // One hue per model in both panels: dark for validation, light for training loss.
+    static const char* dark[] = {"#1f77b4", "#d62728", "#2ca02c"};
+    static const char* light[] = {"#9ecae1", "#fc9fa0", "#a1d99b"};
+    for (std::size_t i = 0; i < runs.size(); ++i) {
+        const auto& r = runs[i];
+        auto a = xrec::train::history_series(r.hist, r.name, curve::valid_auc);
         auto tl = xrec::train::history_series(r.hist, r.name + " train", curve::train_loss);
         auto vl = xrec::train::history_series(r.hist, r.name + " valid", curve::valid_logloss);
+        a.color = vl.color = dark[i % 3];
+        tl.color = light[i % 3];
+        auc.series.push_back(a);
         loss.series.push_back(tl);
         loss.series.push_back(vl);
     }
@@ -202,7 +209,7 @@ int run_shop(const settings& st) {
         std::printf("  top 10 (DIN score | true click probability):\n");
         int rank = 0;
         for (auto i : top_k(score, 10))
-            std::printf("   %2d. %-62s %.3f | %.3f\n", ++rank, shop.describe_item(items[static_cast<std::size_t>(i)]).c_str(),
+            std::printf("   %2d. %-70s %.3f | %.3f\n", ++rank, shop.describe_item(items[static_cast<std::size_t>(i)]).c_str(),
                         score[static_cast<std::size_t>(i)], truth[static_cast<std::size_t>(i)]);
         std::printf("\n");
     }
