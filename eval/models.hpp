@@ -99,18 +99,18 @@ void with_model(const std::string& name, store_t& s, const xrec::feature_layout&
     } else if (name == "shared_bottom") {
         typename m::shared_bottom<T, B>::options o;
         o.inputs = in;
-        // DeepCTR-Torch's comparison: each expert of MMoE as wide as the shared bottom
-        // (hidden), towers of 64.
-        o.bottom.hidden = c.hidden;
-        o.tower.hidden = {64};
+        // DeepCTR-Torch's comparison: each expert of MMoE shaped like the shared bottom; a
+        // narrow bottom (64-16) that both tasks must share, towers of 16.
+        o.bottom.hidden = {64, 16};
+        o.tower.hidden = {16};
         m::shared_bottom<T, B> model(s, layout, o);
         f(model);
     } else if (name == "mmoe") {
         typename m::mmoe<T, B>::options o;
         o.inputs = in;
         o.experts = 4;
-        o.expert.hidden = c.hidden;
-        o.tower.hidden = {64};
+        o.expert.hidden = {64, 16};
+        o.tower.hidden = {16};
         m::mmoe<T, B> model(s, layout, o);
         f(model);
     } else if (name == "esmm") {

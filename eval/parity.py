@@ -107,9 +107,9 @@ def build_peer(name, meta):
     elif name == "bst":
         m = sm.BST(lay, 8, pairs, mlp_hidden=(200, 200), dropout=0.0, readout="sum")
     elif name == "shared_bottom":
-        m = sm.SharedBottom(lay, 8, bottom_hidden=(200, 200), tower_hidden=(64,))
+        m = sm.SharedBottom(lay, 8, bottom_hidden=(64, 16), tower_hidden=(16,))
     elif name == "mmoe":
-        m = sm.MMoE(lay, 8, experts=4, expert_hidden=(200, 200), tower_hidden=(64,))
+        m = sm.MMoE(lay, 8, experts=4, expert_hidden=(64, 16), tower_hidden=(16,))
     elif name == "esmm":
         m = sm.ESMM(lay, 8, tower_hidden=(200, 200))
     m.embedding.sparse = True
