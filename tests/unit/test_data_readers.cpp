@@ -8,10 +8,10 @@
 #include <string>
 #include <vector>
 
-#include <unistd.h>
 
 #include "support/checks.hpp"
 #include "support/data.hpp"
+#include "support/temp_file.hpp"
 #include "xrec/data/readers.hpp"
 
 using namespace xrec::data;
@@ -20,15 +20,7 @@ namespace fs = std::filesystem;
 namespace {
 
 // A file in the temp folder holding `bytes`, removed at the end of the test.
-struct temp_file {
-    fs::path path;
-    temp_file(const std::string& name, const std::string& bytes) {
-        path = fs::temp_directory_path() / ("xrec_test_data_" + std::to_string(::getpid()) + "_" + name);
-        std::ofstream(path, std::ios::binary) << bytes;
-    }
-    ~temp_file() { fs::remove(path); }
-    std::string str() const { return path.string(); }
-};
+using xrec_test::temp_file;
 
 template <class Reader>
 std::vector<std::vector<std::string>> read_all(Reader& r) {

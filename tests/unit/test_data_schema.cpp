@@ -10,10 +10,10 @@
 #include <string>
 #include <vector>
 
-#include <unistd.h>
 
 #include "support/checks.hpp"
 #include "support/data.hpp"
+#include "support/temp_file.hpp"
 #include "xrec/data/hash.hpp"
 #include "xrec/data/readers.hpp"
 #include "xrec/data/schema.hpp"
@@ -23,15 +23,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-struct temp_file {
-    fs::path path;
-    temp_file(const std::string& name, const std::string& bytes) {
-        path = fs::temp_directory_path() / ("xrec_test_schema_" + std::to_string(::getpid()) + "_" + name);
-        std::ofstream(path, std::ios::binary) << bytes;
-    }
-    ~temp_file() { fs::remove(path); }
-    std::string str() const { return path.string(); }
-};
+using xrec_test::temp_file;
 
 template <class T>
 void check_same(const ctr_dataset<T>& a, const ctr_dataset<T>& b) {

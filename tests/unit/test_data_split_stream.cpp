@@ -11,10 +11,10 @@
 #include <string>
 #include <vector>
 
-#include <unistd.h>
 
 #include "support/checks.hpp"
 #include "support/data.hpp"
+#include "support/temp_file.hpp"
 #include "xrec/data/readers.hpp"
 #include "xrec/data/schema.hpp"
 #include "xrec/data/split.hpp"
@@ -25,15 +25,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-struct temp_file {
-    fs::path path;
-    temp_file(const std::string& name, const std::string& bytes) {
-        path = fs::temp_directory_path() / ("xrec_test_split_" + std::to_string(::getpid()) + "_" + name);
-        std::ofstream(path, std::ios::binary) << bytes;
-    }
-    ~temp_file() { fs::remove(path); }
-    std::string str() const { return path.string(); }
-};
+using xrec_test::temp_file;
 
 void check_partition(const split_indices& s, std::int64_t n) {
     std::vector<std::int64_t> all;

@@ -3,31 +3,17 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
-#include <filesystem>
-#include <fstream>
 #include <string>
 #include <vector>
 
-#include <unistd.h>
 
+#include "support/temp_file.hpp"
 #include "xrec/data/readers.hpp"
 #include "xrec/data/schema.hpp"
 #include "xrec/data/stream.hpp"
 #include "xrec/models/deepfm.hpp"
 #include "xrec/train/trainer.hpp"
 
-namespace {
-namespace fs = std::filesystem;
-
-struct temp_csv {
-    fs::path path;
-    temp_csv(const std::string& name, const std::string& bytes) {
-        path = fs::temp_directory_path() / ("xrec_" + std::to_string(::getpid()) + "_" + name);
-        std::ofstream(path, std::ios::binary) << bytes;
-    }
-    ~temp_csv() { fs::remove(path); }
-};
-}  // namespace
 
 TEST_CASE("stream training: hashed, growing and unseen ids train from the file and serve; recycled rows reset") {
     using T = float;
@@ -45,7 +31,7 @@ TEST_CASE("stream training: hashed, growing and unseen ids train from the file a
         serve.append("0,new_u").append(std::to_string(i)).append(",unseen_i").append(std::to_string(i));
         serve.append(",c").append(std::to_string(i % 9)).append("\n");
     }
-    temp_csv tf("stream_train_fit.csv", train), sf("stream_serve_fit.csv", serve);
+    xrec_test::temp_file tf("stream_train_fit.csv", train), sf("stream_serve_fit.csv", serve);
     auto s = xrec::data::schema::from_spec("click=label; user=sparse(hash=256); item=sparse(grow=32, admit=2); cat=sparse");
     xrec::data::delimited_reader fr(tf.path.string());
     s.fit(fr);
