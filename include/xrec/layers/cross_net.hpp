@@ -128,7 +128,8 @@ void cross_bias_combine_fwd(cpu<A>, std::int64_t n, const T* b, const T* x0, T* 
         });
 }
 
-/// cross_combine_bwd on `rows` rows of width d that also adds the column sums of dz into
+/// Backward of cross_combine_fwd (except the residual) on `rows` rows of width d: dz = dy * x0
+/// (overwritten), gx0 += dy * z when gx0 is not null, and the column sums of dz added into
 /// `colsum` (the bias gradient) when it is not null: one pass instead of two.
 template <class T, class A>
 void cross_combine_bwd_rows(cpu<A>, std::int64_t rows, std::int64_t d, const T* x0, const T* z, const T* gy, T* dz,
@@ -154,22 +155,11 @@ void cross_combine_bwd_rows(cpu<A>, std::int64_t rows, std::int64_t d, const T* 
     }
 }
 
-/// Backward of cross_combine_fwd (except the residual): dz = dy * x0 (overwritten) and, when
-/// gx0 is not null, gx0 += dy * z.
+/// Backward of cross_combine_fwd (except the residual) over n values: dz = dy * x0
+/// (overwritten) and, when gx0 is not null, gx0 += dy * z. One row of cross_combine_bwd_rows.
 template <class T, class A>
 void cross_combine_bwd(cpu<A>, std::int64_t n, const T* x0, const T* z, const T* gy, T* dz, T* gx0) {
-    using bt = xsimd::batch<T, A>;
-    detail::simd_loop<T, A>(
-        n,
-        [&](std::int64_t i) {
-            const bt g = bt::load_unaligned(gy + i);
-            (g * bt::load_unaligned(x0 + i)).store_unaligned(dz + i);
-            if (gx0) xsimd::fma(g, bt::load_unaligned(z + i), bt::load_unaligned(gx0 + i)).store_unaligned(gx0 + i);
-        },
-        [&](std::int64_t i) {
-            dz[i] = gy[i] * x0[i];
-            if (gx0) gx0[i] += gy[i] * z[i];
-        });
+    cross_combine_bwd_rows(cpu<A>{}, std::int64_t{1}, n, x0, z, gy, dz, gx0, static_cast<T*>(nullptr));
 }
 
 /// In-place softmax of each of `rows` rows of K gate logits (max-subtracted).
