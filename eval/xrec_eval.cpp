@@ -176,17 +176,15 @@ struct run_result {
     xrec::train::history hist;
 };
 
-/// Trains `name` with seed `seed` on d.train and evaluates on d.test. `train_rows` (optional)
-/// replaces the training set (ESMM's clicked-only baseline).
+/// Trains `name` with seed `seed` on d.train (validating on d.valid) and evaluates on d.test.
 run_result train_and_test(const std::string& name, const split_data& d, std::uint64_t seed,
-                          const xrec::train::trainer_options& opt, const zoo_config& zc,
-                          const dataset* train_rows = nullptr) {
+                          const xrec::train::trainer_options& opt, const zoo_config& zc) {
     store_t s(seed);
     run_result r;
     const auto t0 = std::chrono::steady_clock::now();
     with_model(name, s, d.train.layout(), zc, [&](auto& model) {
         xrec::train::trainer tr(model, s, opt);
-        xrec::data::batcher<T> tb(train_rows ? *train_rows : d.train, 256, true, seed), vb(d.valid, 1024);
+        xrec::data::batcher<T> tb(d.train, 256, true, seed), vb(d.valid, 1024);
         r.hist = tr.fit(tb, vb);
         xrec::data::batcher<T> eb(d.test, 1024);
         r.test = tr.evaluate(eb);
@@ -248,17 +246,15 @@ int cmd_criteo(const args& a) {
 int cmd_shop(const args& a) {
     const long seeds = a.num("seeds", 3), epochs = a.num("epochs", 3);
     const zoo_config zc;
-    auto row = [&](const char* setting, const std::string& model, const std::vector<double>& auc, double bayes) {
+    auto row = [](const char* setting, const std::string& model, const std::vector<double>& auc, double bayes) {
         const auto A = summarize(auc);
         std::printf("| %s | %s | %.4f ± %.4f | %.4f | %+.4f |\n", setting, model.c_str(), A.mean, A.se, bayes,
                     A.mean - bayes);
         std::fflush(stdout);
-        return A.mean;
     };
     std::printf("xrec %s synthetic shop, %ld seeds, %ld epochs, batch 256, Adam 2e-3 + row-wise Adagrad 0.05, 2 threads\n",
                 xrec::version_string, seeds, epochs);
     std::printf("| setting | model | test AUC (mean ± se) | Bayes AUC (mean) | gap |\n|---|---|---|---|---|\n");
-    std::map<std::string, double> mean;
     const auto parts = split_list(a.get("only", "basic,sequence,multi_task,esmm"));
     auto want = [&](const char* p) { return std::find(parts.begin(), parts.end(), p) != parts.end(); };
     for (const char* setting : {"basic", "sequence"}) {
@@ -282,7 +278,7 @@ int cmd_shop(const args& a) {
                         .auc);
         }
         const double b = summarize(bayes).mean;
-        for (const auto& m : models) mean[std::string(setting) + "/" + m] = row(setting, m, auc[m], b);
+        for (const auto& m : models) row(setting, m, auc[m], b);
     }
     if (want("multi_task")) {  // multi-task: two tasks of low correlation
         std::map<std::string, std::vector<double>> auc;
