@@ -113,7 +113,7 @@ TEST_CASE("top_k: equals the first k of a full sort (random data, ties, exclusio
 
 TEST_CASE("top_k: the batch form over a pool equals one call per query; workspaces are reused") {
     std::mt19937_64 g(7);
-    const std::int64_t n = 2500, d = 19, m = 11, k = 25;
+    const std::int64_t n = 2500, d = 19, m = 37, k = 25;  // 37 queries: groups of 16, 16 and 5
     const auto s = make(n, d, false, g);
     std::vector<float> queries(static_cast<std::size_t>(m * d));
     std::normal_distribution<float> nd(0, 1);
