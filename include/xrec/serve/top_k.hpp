@@ -7,7 +7,7 @@
 //
 // How: items are scored block by block (a block of rows stays in L1/L2) with SIMD dot
 // products, W rows at a time (W = SIMD width): W accumulators run over D, then one
-// parallel horizontal add (xsimd::haddp) turns them into W scores in one register. A
+// parallel horizontal add (detail::sum_rows) turns them into W scores in one register. A
 // running selection keeps the best k in a binary heap whose root (the worst kept) is the
 // threshold: a whole register of scores is compared with it at once and only a lane that
 // beats it touches the heap. Items arrive in ascending id order, so an item tying the
@@ -28,8 +28,13 @@
 #include <cstdint>
 #include <limits>
 #include <span>
+#include <type_traits>
 #include <utility>
 #include <vector>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>  // the AVX-512 row-sum transpose (sum_rows)
+#endif
 
 #include <xsimd/xsimd.hpp>
 
@@ -74,6 +79,40 @@ inline std::int64_t top_k_block_rows(std::int64_t d, std::int64_t w, std::int64_
     return std::max(w, r / w * w);
 }
 
+/// One batch whose lane j is the sum of the lanes of row[j], j < w. xsimd::haddp does this,
+/// but xsimd 8.1's AVX-512 version returns the sums in a permuted lane order (lanes 2-3 and
+/// 4-5, 10-11 and 12-13 swapped), so AVX-512 gets its own transpose-and-add: pairs of rows
+/// are added within 128-bit lanes (unpack ps), then pairs of pairs (unpack pd), then the four
+/// 128-bit lanes of each group of 4 rows (shuffle_f32x4). test_ranking_topk checks the scores
+/// against double-precision dot products at every ISA it is built for.
+template <class A>
+inline xsimd::batch<float, A> sum_rows(const xsimd::batch<float, A>* row) {
+#if defined(__AVX512F__)
+    if constexpr (std::is_base_of_v<xsimd::avx512f, A>) {
+        __m512 v[4];
+        for (int g = 0; g < 4; ++g) {
+            const __m512 a = row[4 * g], b = row[4 * g + 1], c = row[4 * g + 2], d = row[4 * g + 3];
+            // Per 128-bit lane L: [a0+a2, b0+b2, a1+a3, b1+b3] and the same for c, d.
+            const __m512 ab = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+            const __m512 cd = _mm512_add_ps(_mm512_unpacklo_ps(c, d), _mm512_unpackhi_ps(c, d));
+            // Per lane L: [sum a_L, sum b_L, sum c_L, sum d_L] (the 4 values of lane L each).
+            const __m512d abd = _mm512_castps_pd(ab), cdd = _mm512_castps_pd(cd);
+            v[g] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(abd, cdd)), _mm512_castpd_ps(_mm512_unpackhi_pd(abd, cdd)));
+        }
+        // Sum the four 128-bit lanes of v[g] into lane g of the result.
+        const __m512 y01 = _mm512_add_ps(_mm512_shuffle_f32x4(v[0], v[1], _MM_SHUFFLE(1, 0, 1, 0)),
+                                         _mm512_shuffle_f32x4(v[0], v[1], _MM_SHUFFLE(3, 2, 3, 2)));
+        const __m512 y23 = _mm512_add_ps(_mm512_shuffle_f32x4(v[2], v[3], _MM_SHUFFLE(1, 0, 1, 0)),
+                                         _mm512_shuffle_f32x4(v[2], v[3], _MM_SHUFFLE(3, 2, 3, 2)));
+        return _mm512_add_ps(_mm512_shuffle_f32x4(y01, y23, _MM_SHUFFLE(2, 0, 2, 0)),
+                             _mm512_shuffle_f32x4(y01, y23, _MM_SHUFFLE(3, 1, 3, 1)));
+    } else
+#endif
+    {
+        return xsimd::haddp(row);
+    }
+}
+
 /// out[r - b] = q . items[r] for rows [b, e); b a multiple of the SIMD width (so row r
 /// always lands in lane r mod w and its score never depends on the call).
 template <class A>
@@ -97,7 +136,7 @@ void dot_rows(const float* q, const float* items, std::int64_t d, std::int64_t b
                 for (std::int64_t j = 0; j < rows; ++j) acc[j] = xsimd::fma(bt::load_unaligned(base + j * d + p), qv, acc[j]);
             }
         }
-        bt s = xsimd::haddp(acc);
+        bt s = sum_rows<A>(acc);
         if (kv < d) {
             alignas(64) float tail[w] = {};
             for (std::int64_t j = 0; j < rows; ++j) {
