@@ -273,3 +273,35 @@ TEST_CASE("baselines on rsc15_100k: session kNN beats popularity on every next c
     CHECK(ms[0].mrr > mp[0].mrr);
     CHECK(mi[0].recall > mp[0].recall + 0.1);
 }
+
+TEST_CASE("baselines on Beauty: full ranking, history masked, HR@10 and NDCG@10") {
+    const auto dir = xrec_test::data_dir("sequences");
+    if (!dir) return;
+    const auto t0 = std::chrono::steady_clock::now();
+    const auto split = xd::leave_last_out(xd::load_user_sequences(*dir / "Beauty.txt"), true);
+    const auto& tr = split.train;
+    // Popularity and neighbours from train + valid (what a model sees before the test item).
+    xd::sequences seen = tr;
+    seen.items.clear();
+    seen.offsets.assign(1, 0);
+    for (std::int64_t u = 0; u < tr.rows(); ++u) seen.push_row(xd::seen_items(split, u));
+    const auto counts = xd::item_counts(seen);
+    xmod::most_popular pop(seen.n_items, seen.offsets, seen.items);
+    auto pop_score = [&](std::int64_t, std::span<float> out) { pop.score_all(out); };
+    const auto mp = xt::evaluate_full(split, pop_score, {10, 20}, counts);
+    xmod::item_knn knn(seen.n_items, seen.offsets, seen.items, {.neighbours = 100, .shrink = 0});
+    auto knn_score = [&](std::int64_t u, std::span<float> out) { knn.score_all(seen.row(u), out); };
+    const auto mk = xt::evaluate_full(split, knn_score, {10, 20}, counts);
+    xm::ranking_protocol p;
+    p.mode = xm::ranking_protocol::kind::full;
+    p.history_masked = true;
+    p.n_items = split.n_items();
+    p.split = "leave-last-out (test = last item, valid = second last; history = train + valid)";
+    p.note = "Beauty";
+    MESSAGE(xm::format_table(p, {{"most_popular", mp}, {"item_knn(100)", mk}}));
+    MESSAGE("Beauty baselines took " << std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() << " s");
+    CHECK(mp[0].users == 22363);
+    CHECK(mp[0].hr > 0.003);
+    CHECK(mk[0].hr > 2 * mp[0].hr);
+    CHECK(mk[0].ndcg > mp[0].ndcg);
+}
