@@ -167,6 +167,32 @@ TEST_CASE("top_k: the batch form over a pool equals one call per query; workspac
     CHECK(std::equal(r0.begin(), r0.end(), ids.begin()));
 }
 
+TEST_CASE("top_k: a single query split over a pool gives the one-thread list") {
+    std::mt19937_64 g(3);
+    for (bool ties : {false, true}) {
+        const std::int64_t n = 70001, d = 13;  // above the 2^16 rows where the pool is used; not a multiple of any width
+        const auto s = make(n, d, ties, g);
+        const auto ex = random_exclusions(n, 0.2, g);
+        std::vector<float> sc(static_cast<std::size_t>(n));
+        xs::score_all(s.q, s.items.data(), n, d, sc);
+        for (std::int64_t k : {1, 50, 1000}) {
+            const auto want = reference(sc, ex, k);
+            for (int threads : {2, 3, 7}) {
+                CAPTURE(ties);
+                CAPTURE(k);
+                CAPTURE(threads);
+                xrec::thread_pool pool(threads);
+                xs::top_k_workspace ws;
+                std::vector<std::int32_t> ids(static_cast<std::size_t>(k));
+                std::vector<float> out(ids.size());
+                REQUIRE(xs::top_k(s.q, s.items.data(), n, d, k, ex, ids, out, ws, &pool) == k);
+                CHECK(ids == want);
+                for (std::size_t j = 0; j < ids.size(); ++j) CHECK(out[j] == sc[static_cast<std::size_t>(want[j])]);
+            }
+        }
+    }
+}
+
 TEST_CASE("top_k: bad input is refused with the sizes") {
     const std::vector<float> items(12, 1.0f), q(3, 1.0f), q2(2, 1.0f);
     std::vector<std::int32_t> ids(2);

@@ -52,6 +52,7 @@ struct top_k_workspace {
         std::vector<std::pair<float, std::int32_t>> heap;     // [group][k]
     };
     std::vector<scratch> per_thread;
+    std::vector<std::pair<float, std::int32_t>> merge;      // [threads][k]: a pooled top_k's partial results
 
     scratch& at(int t, std::size_t block_floats, std::size_t heap_entries) {
         if (per_thread.size() <= static_cast<std::size_t>(t)) per_thread.resize(static_cast<std::size_t>(t) + 1);
@@ -269,10 +270,14 @@ void score_all(std::span<const float> q, const float* items, std::int64_t n, std
 /// beside them (out_scores may be empty). When fewer than k items remain after the
 /// exclusions, the tail is id -1 and score -inf. Returns the number of items written.
 /// q [D], items [N, D] row-major, exclude: ascending ids (ids outside [0, N) are ignored).
+/// With a pool of T > 1 threads and N >= 2^16, the items are split in T static chunks
+/// (boundaries on multiples of the SIMD width, so every score is the same), each thread
+/// keeps its own k best and the T x k partial results are merged: the same list as one
+/// thread, for any T.
 template <class B = cpu<>>
 std::int64_t top_k(std::span<const float> q, const float* items, std::int64_t n, std::int64_t d, std::int64_t k,
                    std::span<const std::int32_t> exclude, std::span<std::int32_t> out_ids, std::span<float> out_scores,
-                   top_k_workspace& ws) {
+                   top_k_workspace& ws, thread_pool* pool = nullptr) {
     static_assert(is_cpu_v<B>, "xrec::serve::top_k: only the cpu backend has a top-K kernel");
     using A = typename B::arch;
     XREC_CHECK(d >= 1 && static_cast<std::int64_t>(q.size()) == d, "top_k: query of ", q.size(), " values for D = ", d);
@@ -284,18 +289,50 @@ std::int64_t top_k(std::span<const float> q, const float* items, std::int64_t n,
     if (k == 0) return 0;
     const std::int64_t w = static_cast<std::int64_t>(xsimd::batch<float, A>::size);
     const std::int64_t block = detail::top_k_block_rows(d, w);
-    auto& s = ws.at(0, static_cast<std::size_t>(block), static_cast<std::size_t>(k));
-    detail::selection sel;
-    sel.heap = s.heap.data();
-    sel.k = k;
-    sel.ex = exclude.data();
-    sel.ex_end = exclude.data() + exclude.size();
-    for (std::int64_t b = 0; b < n; b += block) {
-        const std::int64_t e = std::min(n, b + block);
-        detail::dot_rows<A>(q.data(), items, d, b, e, s.block.data());
-        sel.offer_block<A>(s.block.data(), b, e - b);
+    const int threads = (pool && n >= (std::int64_t{1} << 16)) ? pool->size() : 1;
+    for (int t = 0; t < threads; ++t) ws.at(t, static_cast<std::size_t>(block), static_cast<std::size_t>(k));
+    // Rows [b, e) of thread t's chunk, scored and selected into its own heap.
+    auto run = [&](int t, std::int64_t b, std::int64_t e) {
+        auto& s = ws.per_thread[static_cast<std::size_t>(t)];
+        detail::selection sel;
+        sel.heap = s.heap.data();
+        sel.k = k;
+        sel.ex = std::lower_bound(exclude.data(), exclude.data() + exclude.size(), static_cast<std::int32_t>(b));
+        sel.ex_end = exclude.data() + exclude.size();
+        for (std::int64_t r = b; r < e; r += block) {
+            const std::int64_t re = std::min(e, r + block);
+            detail::dot_rows<A>(q.data(), items, d, r, re, s.block.data());
+            sel.offer_block<A>(s.block.data(), r, re - r);
+        }
+        return sel;
+    };
+    if (threads == 1) {
+        auto sel = run(0, 0, n);
+        return sel.finish(out_ids.data(), out_scores.empty() ? nullptr : out_scores.data());
     }
-    return sel.finish(out_ids.data(), out_scores.empty() ? nullptr : out_scores.data());
+    if (ws.merge.size() < static_cast<std::size_t>(threads * k)) ws.merge.resize(static_cast<std::size_t>(threads * k));
+    std::int64_t kept[256] = {};
+    XREC_CHECK(threads <= 256, "top_k: at most 256 pool threads, got ", threads);
+    const std::int64_t groups = (n + w - 1) / w;  // chunks of whole SIMD groups
+    parallel_for(pool, groups, 0, [&](std::int64_t gb, std::int64_t ge, int t) {
+        auto sel = run(t, gb * w, std::min(n, ge * w));
+        std::copy(sel.heap, sel.heap + sel.size, ws.merge.begin() + static_cast<std::ptrdiff_t>(t * k));
+        kept[t] = sel.size;
+    });
+    // Merge: every thread's entries, best first, the first k.
+    std::int64_t total = 0;
+    for (int t = 0; t < threads; ++t) {
+        std::copy(ws.merge.begin() + static_cast<std::ptrdiff_t>(t * k), ws.merge.begin() + static_cast<std::ptrdiff_t>(t * k + kept[t]),
+                  ws.merge.begin() + static_cast<std::ptrdiff_t>(total));
+        total += kept[t];
+    }
+    detail::selection all;
+    all.heap = ws.merge.data();
+    all.size = std::min(total, k);
+    all.k = k;
+    std::partial_sort(ws.merge.begin(), ws.merge.begin() + static_cast<std::ptrdiff_t>(all.size),
+                      ws.merge.begin() + static_cast<std::ptrdiff_t>(total), detail::better);
+    return all.finish(out_ids.data(), out_scores.empty() ? nullptr : out_scores.data());
 }
 
 /// top_k with this thread's own workspace (allocates on a thread's first, larger call only).
