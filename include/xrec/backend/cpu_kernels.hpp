@@ -398,6 +398,9 @@ struct gemm_no_epilogue {
     void operator()(std::int64_t, std::int64_t, std::int64_t, std::int64_t) const noexcept {}
 };
 
+// The A producer of a plain GEMM: none (A is read from memory).
+struct gemm_no_producer {};
+
 // Splits n into the fewest blocks of at most cap (a multiple of q) and returns the common
 // block size rounded up to q: equal blocks instead of full ones plus a thin remainder.
 inline std::int64_t gemm_even_block(std::int64_t n, std::int64_t cap, std::int64_t q) {
@@ -416,9 +419,10 @@ inline std::int64_t gemm_even_block(std::int64_t n, std::int64_t cap, std::int64
 // `epi(i0, j0, rows, cols)` runs on each finished mc x nc block of C right after its last kc
 // step, while the block is still in L2 (see kernels::gemm_then); the blocks tile C once.
 template <class T, class A, std::int64_t KC = policy<cpu<A>>::gemm_kc, std::int64_t MC = policy<cpu<A>>::gemm_mc,
-          std::int64_t NC = policy<cpu<A>>::gemm_nc, class Epi = gemm_no_epilogue>
+          std::int64_t NC = policy<cpu<A>>::gemm_nc, class Epi = gemm_no_epilogue, class Prod = gemm_no_producer>
 void gemm_packed(bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::int64_t k, T alpha, const T* a,
-                 std::int64_t lda, const T* b, std::int64_t ldb, T beta, T* c, std::int64_t ldc, const Epi& epi = Epi{}) {
+                 std::int64_t lda, const T* b, std::int64_t ldb, T beta, T* c, std::int64_t ldc, const Epi& epi = Epi{},
+                 const Prod& prod = Prod{}) {
     using tile = gemm_tile<T, A>;
     constexpr std::int64_t mr = tile::mr, nr = tile::nr;
     constexpr std::int64_t mc_cap = std::max<std::int64_t>(MC / mr, 1) * mr;
@@ -443,7 +447,14 @@ void gemm_packed(bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std
             gemm_pack_b<T, nr>(trans_b, trans_b ? b + jc * ldb + pc : b + pc * ldb + jc, ldb, kb, nb, pb);
             for (std::int64_t ic = 0; ic < m; ic += mc) {
                 const std::int64_t mb = std::min(mc, m - ic);
-                gemm_pack_a<T, mr>(trans_a, trans_a ? a + pc * lda + ic : a + ic * lda + pc, lda, mb, kb, pa);
+                if constexpr (std::is_same_v<Prod, gemm_no_producer>) {
+                    gemm_pack_a<T, mr>(trans_a, trans_a ? a + pc * lda + ic : a + ic * lda + pc, lda, mb, kb, pa);
+                } else {  // one mr-row panel at a time, packed while the producer's rows are in L1
+                    for (std::int64_t ir = 0; ir < mb; ir += mr) {
+                        const std::int64_t mm = std::min(mr, mb - ir);
+                        gemm_pack_a<T, mr>(false, prod(ic + ir, pc, mm, kb, jc == 0), lda, mm, kb, pa + ir * kb);
+                    }
+                }
                 for (std::int64_t jr = 0; jr < nb; jr += nr) {
                     const std::int64_t nn = std::min(nr, nb - jr);
                     const bool narrow = tile::nv % 2 == 0 && nn <= nr / 2;
@@ -492,6 +503,28 @@ void gemm(cpu<A>, bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, st
         return;
     }
     detail::gemm_packed<T, A>(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+
+/// kernels::gemm_then with A (m x k, row-major, leading dimension lda) computed on the fly:
+/// `prod(i0, p0, rows, cols, first)` makes rows [i0, i0 + rows) x columns [p0, p0 + cols) of
+/// A (at most gemm_mr rows and gemm_kc columns) and returns a pointer to A(i0, p0) in a
+/// row-major array of leading dimension lda, which the kernel packs at once, while those rows
+/// are in L1. Each block is asked for once per nc block of C; `first` is true on the first of
+/// them, so side effects (a gradient the producer accumulates) happen once. A backward that
+/// would otherwise make A in one pass over memory and read it back in another (cross_v2's
+/// dz = dy * x0) saves that round trip.
+template <class T, class A, class Prod, class Epi>
+void gemm_produce_then(cpu<A>, std::int64_t m, std::int64_t n, std::int64_t k, T alpha, const Prod& prod,
+                       std::int64_t lda, bool trans_b, const T* b, std::int64_t ldb, T beta, T* c, std::int64_t ldc,
+                       const Epi& epi) {
+    if (m == 0 || n == 0) return;
+    if (k == 0) {  // nothing to produce: C = beta C, then the epilogue
+        gemm(cpu<A>{}, false, trans_b, m, n, k, alpha, static_cast<const T*>(nullptr), lda, b, ldb, beta, c, ldc);
+        epi(std::int64_t{0}, std::int64_t{0}, m, n);
+        return;
+    }
+    detail::gemm_packed<T, A, policy<cpu<A>>::gemm_kc, policy<cpu<A>>::gemm_mc, policy<cpu<A>>::gemm_nc, Epi, Prod>(
+        false, trans_b, m, n, k, alpha, static_cast<const T*>(nullptr), lda, b, ldb, beta, c, ldc, epi, prod);
 }
 
 /// kernels::gemm followed by `epi(i0, j0, rows, cols)` on blocks that tile C exactly once,

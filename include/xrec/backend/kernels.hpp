@@ -18,6 +18,7 @@
 namespace xrec::kernels {
 XREC_KERNEL_FALLBACK(gemm)
 XREC_KERNEL_FALLBACK(gemm_then)
+XREC_KERNEL_FALLBACK(gemm_produce_then)
 XREC_KERNEL_FALLBACK(fill)
 XREC_KERNEL_FALLBACK(copy)
 XREC_KERNEL_FALLBACK(add)

@@ -303,18 +303,33 @@ struct cross_v2_node : tape_node {
         if (part) kernels::fill(B{}, d * threads, T(0), part);
         parallel_for(ctx.pool(), rows, cross_min_rows<B>(d * d), [&](std::int64_t r0, std::int64_t r1, int th) {
             const std::int64_t o = r0 * d;
-            kernels::cross_combine_bwd_rows(B{}, r1 - r0, d, n.x0.data + o, n.z + o, gy + o, dz + o,
-                                            gx0 ? gx0 + o : nullptr, part ? part + d * th : gb);
-            if (gxl) {  // after gx0: the two may be one buffer
-                // dx_l += dz W, then + dy on each block of dx_l while it is in cache.
-                T* g = gxl + o;
-                const T* gyo = gy + o;
-                kernels::gemm_then(B{}, false, false, r1 - r0, d, d, T(1), dz + o, d, n.w.data, d, T(1), g, d,
-                                   [&](std::int64_t i0, std::int64_t j0, std::int64_t mb, std::int64_t nb) {
-                                       for (std::int64_t i = i0; i < i0 + mb; ++i)
-                                           kernels::add(B{}, nb, g + i * d + j0, gyo + i * d + j0, g + i * d + j0);
-                                   });
+            const T *x0o = n.x0.data + o, *zo = n.z + o, *gyo = gy + o;
+            T* dzo = dz + o;
+            T* gx0o = gx0 ? gx0 + o : nullptr;
+            T* colsum = part ? part + d * th : gb;
+            if (!gxl) {
+                kernels::cross_combine_bwd_rows(B{}, r1 - r0, d, x0o, zo, gyo, dzo, gx0o, colsum);
+                return;
             }
+            // dx_l += dz W + dy. The GEMM makes dz = dy * x0 (with gx0 += dy * z and db) a few
+            // rows at a time as it packs them, so dz is written once and never read back here;
+            // gx0 is updated before the GEMM touches those rows of C (the two may be one
+            // buffer, and this keeps the order of the sums of the unfused code).
+            T* g = gxl + o;
+            auto produce = [&](std::int64_t i0, std::int64_t p0, std::int64_t mr, std::int64_t kb, bool first) {
+                for (std::int64_t i = i0; i < i0 + mr; ++i) {
+                    const std::int64_t e = i * d + p0;
+                    if (first)
+                        kernels::cross_combine_bwd_rows(B{}, std::int64_t{1}, kb, x0o + e, zo + e, gyo + e, dzo + e,
+                                                        gx0o ? gx0o + e : nullptr, colsum ? colsum + p0 : nullptr);
+                }
+                return static_cast<const T*>(dzo + i0 * d + p0);
+            };
+            kernels::gemm_produce_then(B{}, r1 - r0, d, d, T(1), produce, d, false, n.w.data, d, T(1), g, d,
+                                       [&](std::int64_t i0, std::int64_t j0, std::int64_t mb, std::int64_t nb) {
+                                           for (std::int64_t i = i0; i < i0 + mb; ++i)
+                                               kernels::add(B{}, nb, g + i * d + j0, gyo + i * d + j0, g + i * d + j0);
+                                       });
         });
         if (gw) cross_gemm<B>(ctx.pool(), true, false, d, d, rows, T(1), dz, d, n.xl.data, d, T(1), gw, d);
         if (part)
