@@ -19,7 +19,7 @@
 // Scores: row r's score is computed by the same instruction sequence wherever r falls (its
 // lane is r mod W), so score_all() gives exactly the scores top_k ranks and the result is
 // exactly the first k of a full std::sort by (score desc, id asc) of score_all's scores
-// (the tests check this). Scores must not be NaN.
+// (the tests check this). An item whose score is NaN is never returned.
 //
 // Allocation: a top_k_workspace holds the block scores and the heaps; it grows to the
 // largest request and is then reused, so steady-state calls allocate nothing. The overloads
@@ -173,6 +173,7 @@ struct selection {
 
     // Offers item id (ids offered in ascending order) with score s.
     void offer(std::int32_t id, float s) {
+        if (s != s) return;  // NaN: never returned (once full, s > thr already rejects it)
         while (ex != ex_end && *ex < id) ++ex;
         if (ex != ex_end && *ex == id) return;
         if (size < k) {

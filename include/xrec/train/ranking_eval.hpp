@@ -72,8 +72,8 @@ inline void history_of(const data::loo_split& s, std::int64_t u, eval_target t, 
     out.erase(std::unique(out.begin(), out.end()), out.end());
 }
 
-// The k best (score desc, id asc) of ids [0, n) not in `mask` (sorted); list shorter when
-// fewer remain. A scalar running heap: evaluation, not serving (serve::top_k is the fast one).
+// The k best (score desc, id asc) of ids [0, n) not in `mask` (sorted) and not NaN; list
+// shorter when fewer remain. A scalar running heap: evaluation, not serving (serve::top_k is the fast one).
 inline void select_top(std::span<const float> scores, std::span<const std::int32_t> mask, std::int32_t k,
                        std::vector<std::pair<float, std::int32_t>>& heap, std::vector<std::int32_t>& out) {
     auto better = [](const std::pair<float, std::int32_t>& a, const std::pair<float, std::int32_t>& b) {
@@ -85,6 +85,7 @@ inline void select_top(std::span<const float> scores, std::span<const std::int32
         while (c < mask.size() && mask[c] < i) ++c;
         if (c < mask.size() && mask[c] == i) continue;
         const float s = scores[static_cast<std::size_t>(i)];
+        if (std::isnan(s)) continue;  // never listed
         if (static_cast<std::int32_t>(heap.size()) < k) {
             heap.push_back({s, i});
             std::push_heap(heap.begin(), heap.end(), better);
