@@ -21,6 +21,9 @@
 // exactly the first k of a full std::sort by (score desc, id asc) of score_all's scores
 // (the tests check this). An item whose score is NaN is never returned.
 //
+// Scores with a per-item bias (q . e_i + b_i, e.g. an output layer's bias): serve the
+// augmented table [e_i, b_i] with the query [q, 1].
+//
 // Allocation: a top_k_workspace holds the block scores and the heaps; it grows to the
 // largest request and is then reused, so steady-state calls allocate nothing. The overloads
 // without a workspace use a thread_local one.
