@@ -5,7 +5,9 @@
 // popularity on rsc15_100k.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <chrono>
+#include <random>
 #include <cmath>
 #include <cstdint>
 #include <set>
@@ -129,6 +131,43 @@ TEST_CASE("ranking eval: full ranking masks the history (hand example)") {
     // A constant scorer gets nothing (ties count against the target).
     auto flat = [](std::int64_t, std::span<float> out) { std::fill(out.begin(), out.end(), 1.0f); };
     CHECK(xt::evaluate_full(sp, flat, {3})[0].hr == 0.0);
+}
+
+TEST_CASE("ranking eval: the one-pass rank and top list equal brute force (ties, NaN, masks with repeats)") {
+    std::mt19937_64 g(5);
+    std::uniform_int_distribution<int> small(0, 6);
+    std::vector<std::pair<float, std::int32_t>> heap;
+    std::vector<std::int32_t> top;
+    for (int trial = 0; trial < 300; ++trial) {
+        const int n = 1 + trial % 40;
+        std::vector<float> sc(static_cast<std::size_t>(n));
+        for (auto& v : sc) v = small(g) == 6 ? std::nanf("") : static_cast<float>(small(g));  // ties and NaN
+        const auto target = static_cast<std::int32_t>(g() % static_cast<std::uint64_t>(n));
+        if (std::isnan(sc[static_cast<std::size_t>(target)])) sc[static_cast<std::size_t>(target)] = 2.0f;
+        std::vector<std::int32_t> mask;
+        for (std::int32_t i = 0; i < n + 3; ++i)
+            if (i != target && small(g) < 2) {
+                mask.push_back(i);
+                if (small(g) == 0) mask.push_back(i);  // a repeat
+            }
+        const auto k = static_cast<std::int32_t>(trial % 7);
+        const auto rank = xt::detail::rank_and_top(sc, mask, target, k, heap, top);
+        std::int64_t want_rank = 0;
+        std::vector<std::int32_t> ids;
+        for (std::int32_t i = 0; i < n; ++i) {
+            if (std::binary_search(mask.begin(), mask.end(), i)) continue;
+            const float s = sc[static_cast<std::size_t>(i)];
+            if (i != target && !(s < sc[static_cast<std::size_t>(target)])) ++want_rank;
+            if (!std::isnan(s)) ids.push_back(i);
+        }
+        std::sort(ids.begin(), ids.end(), [&](std::int32_t a, std::int32_t b) {
+            return sc[static_cast<std::size_t>(a)] > sc[static_cast<std::size_t>(b)] ||
+                   (sc[static_cast<std::size_t>(a)] == sc[static_cast<std::size_t>(b)] && a < b);
+        });
+        if (static_cast<std::int32_t>(ids.size()) > k) ids.resize(static_cast<std::size_t>(k));
+        CHECK(rank == want_rank);
+        CHECK(top == ids);
+    }
 }
 
 TEST_CASE("ranking eval: session protocol scores every next click (hand example)") {

@@ -72,32 +72,48 @@ inline void history_of(const data::loo_split& s, std::int64_t u, eval_target t, 
     out.erase(std::unique(out.begin(), out.end()), out.end());
 }
 
-// The k best (score desc, id asc) of ids [0, n) not in `mask` (sorted) and not NaN; list
-// shorter when fewer remain. A scalar running heap: evaluation, not serving (serve::top_k is the fast one).
-inline void select_top(std::span<const float> scores, std::span<const std::int32_t> mask, std::int32_t k,
-                       std::vector<std::pair<float, std::int32_t>>& heap, std::vector<std::int32_t>& out) {
+// One pass over the scores of ids [0, n) not in `mask` (ascending, duplicates and ids
+// outside [0, n) allowed): the pessimistic rank of `target` (the others scoring >= it,
+// NaN included; the target must not be masked; -1: no rank) and the k best (score desc,
+// id asc; NaN never listed) into `out`. A scalar running heap: evaluation, not serving
+// (serve::top_k is the fast one).
+inline std::int64_t rank_and_top(std::span<const float> scores, std::span<const std::int32_t> mask, std::int32_t target,
+                                 std::int32_t k, std::vector<std::pair<float, std::int32_t>>& heap,
+                                 std::vector<std::int32_t>& out) {
     auto better = [](const std::pair<float, std::int32_t>& a, const std::pair<float, std::int32_t>& b) {
         return a.first > b.first || (a.first == b.first && a.second < b.second);
     };
+    const auto n = static_cast<std::int32_t>(scores.size());
+    const float ts = target >= 0 ? scores[static_cast<std::size_t>(target)] : 0.0f;
+    std::int64_t ahead = 0;
     heap.clear();
-    std::size_t c = 0;
-    for (std::int32_t i = 0; i < static_cast<std::int32_t>(scores.size()); ++i) {
-        while (c < mask.size() && mask[c] < i) ++c;
-        if (c < mask.size() && mask[c] == i) continue;
-        const float s = scores[static_cast<std::size_t>(i)];
-        if (std::isnan(s)) continue;  // never listed
-        if (static_cast<std::int32_t>(heap.size()) < k) {
-            heap.push_back({s, i});
-            std::push_heap(heap.begin(), heap.end(), better);
-        } else if (k > 0 && s > heap.front().first) {
-            std::pop_heap(heap.begin(), heap.end(), better);
-            heap.back() = {s, i};
-            std::push_heap(heap.begin(), heap.end(), better);
+    auto visit = [&](std::int32_t b, std::int32_t e) {
+        for (std::int32_t i = b; i < e; ++i) {
+            const float s = scores[static_cast<std::size_t>(i)];
+            ahead += !(s < ts);
+            if (std::isnan(s)) continue;
+            if (static_cast<std::int32_t>(heap.size()) < k) {
+                heap.push_back({s, i});
+                std::push_heap(heap.begin(), heap.end(), better);
+            } else if (k > 0 && s > heap.front().first) {
+                std::pop_heap(heap.begin(), heap.end(), better);
+                heap.back() = {s, i};
+                std::push_heap(heap.begin(), heap.end(), better);
+            }
         }
+    };
+    std::int32_t from = 0;
+    for (const auto m : mask) {
+        if (m < from) continue;  // a repeat
+        if (m >= n) break;       // the rest lie outside [0, n)
+        visit(from, m);
+        from = m + 1;
     }
+    visit(from, n);
     std::sort(heap.begin(), heap.end(), better);
     out.clear();
     for (auto& h : heap) out.push_back(h.second);
+    return target >= 0 ? ahead - 1 : -1;  // the target counted itself
 }
 
 inline std::int32_t max_of(const std::vector<std::int32_t>& ks) {
@@ -204,14 +220,7 @@ std::vector<metrics::ranking_metrics> evaluate_full(const data::loo_split& s, Sc
         if (auto it = std::lower_bound(hist.begin(), hist.end(), t); it != hist.end() && *it == t) hist.erase(it);
         const float ts = sc[static_cast<std::size_t>(t)];
         XREC_CHECK(!std::isnan(ts), "evaluate_full: the score of user ", u, "'s target item ", t, " is NaN");
-        std::int64_t rank = 0;
-        std::size_t c = 0;
-        for (std::int32_t i = 0; i < s.n_items(); ++i) {
-            while (c < hist.size() && hist[c] < i) ++c;
-            if (i == t || (c < hist.size() && hist[c] == i)) continue;
-            if (!(sc[static_cast<std::size_t>(i)] < ts)) ++rank;
-        }
-        detail::select_top(sc, hist, kmax, heap, top);
+        const auto rank = detail::rank_and_top(sc, hist, t, kmax, heap, top);  // fills top: before add_rank reads it
         acc.add_rank(rank, top);
     }
     return acc.result();
@@ -234,10 +243,7 @@ std::vector<metrics::ranking_metrics> evaluate_sessions(const data::sequences& t
             score(r, row.first(t), std::span<float>(sc));
             const float ts = sc[static_cast<std::size_t>(row[t])];
             XREC_CHECK(!std::isnan(ts), "evaluate_sessions: the score of session ", r, "'s next item is NaN");
-            std::int64_t rank = 0;
-            for (std::int32_t i = 0; i < test.n_items; ++i)
-                if (i != row[t] && !(sc[static_cast<std::size_t>(i)] < ts)) ++rank;
-            detail::select_top(sc, {}, kmax, heap, top);
+            const auto rank = detail::rank_and_top(sc, {}, row[t], kmax, heap, top);
             acc.add_rank(rank, top);
         }
     }
