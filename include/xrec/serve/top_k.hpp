@@ -140,16 +140,20 @@ void dot_rows(const float* q, const float* items, std::int64_t d, std::int64_t b
                 for (std::int64_t j = 0; j < rows; ++j) acc[j] = xsimd::fma(bt::load_unaligned(base + j * d + p), qv, acc[j]);
             }
         }
-        bt s = sum_rows<A>(acc);
         if (kv < d) {
-            alignas(64) float tail[w] = {};
+            // The last d - kv values, zero-padded to one batch, as one more SIMD step: no
+            // scalar tail, whose FMA contraction the compiler may decide differently in each
+            // place dot_rows is inlined (scores would then differ in the last bit).
+            alignas(64) float qt[w] = {};
+            std::copy(q + kv, q + d, qt);
+            const bt qv = bt::load_aligned(qt);
             for (std::int64_t j = 0; j < rows; ++j) {
-                float t = 0.0f;
-                for (std::int64_t p = kv; p < d; ++p) t += base[j * d + p] * q[p];
-                tail[j] = t;
+                alignas(64) float it[w] = {};
+                std::copy(base + j * d + kv, base + j * d + d, it);
+                acc[j] = xsimd::fma(bt::load_aligned(it), qv, acc[j]);
             }
-            s += bt::load_aligned(tail);
         }
+        bt s = sum_rows<A>(acc);
         if (rows == w) {
             s.store_unaligned(out + (r - b));
         } else {
