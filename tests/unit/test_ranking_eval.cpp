@@ -5,7 +5,9 @@
 // popularity on rsc15_100k.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <chrono>
+#include <random>
 #include <cmath>
 #include <cstdint>
 #include <set>
@@ -129,6 +131,92 @@ TEST_CASE("ranking eval: full ranking masks the history (hand example)") {
     // A constant scorer gets nothing (ties count against the target).
     auto flat = [](std::int64_t, std::span<float> out) { std::fill(out.begin(), out.end(), 1.0f); };
     CHECK(xt::evaluate_full(sp, flat, {3})[0].hr == 0.0);
+}
+
+TEST_CASE("ranking eval: the one-pass rank and top list equal brute force (ties, NaN, masks with repeats)") {
+    std::mt19937_64 g(5);
+    std::uniform_int_distribution<int> small(0, 6);
+    std::vector<std::pair<float, std::int32_t>> heap;
+    std::vector<std::int32_t> top;
+    for (int trial = 0; trial < 300; ++trial) {
+        const int n = 1 + trial % 40;
+        std::vector<float> sc(static_cast<std::size_t>(n));
+        for (auto& v : sc) v = small(g) == 6 ? std::nanf("") : static_cast<float>(small(g));  // ties and NaN
+        const auto target = static_cast<std::int32_t>(g() % static_cast<std::uint64_t>(n));
+        if (std::isnan(sc[static_cast<std::size_t>(target)])) sc[static_cast<std::size_t>(target)] = 2.0f;
+        std::vector<std::int32_t> mask;
+        for (std::int32_t i = 0; i < n + 3; ++i)
+            if (i != target && small(g) < 2) {
+                mask.push_back(i);
+                if (small(g) == 0) mask.push_back(i);  // a repeat
+            }
+        const auto k = static_cast<std::int32_t>(trial % 7);
+        const auto rank = xt::detail::rank_and_top(sc, mask, target, k, heap, top);
+        std::int64_t want_rank = 0;
+        std::vector<std::int32_t> ids;
+        for (std::int32_t i = 0; i < n; ++i) {
+            if (std::binary_search(mask.begin(), mask.end(), i)) continue;
+            const float s = sc[static_cast<std::size_t>(i)];
+            if (i != target && !(s < sc[static_cast<std::size_t>(target)])) ++want_rank;
+            if (!std::isnan(s)) ids.push_back(i);
+        }
+        std::sort(ids.begin(), ids.end(), [&](std::int32_t a, std::int32_t b) {
+            return sc[static_cast<std::size_t>(a)] > sc[static_cast<std::size_t>(b)] ||
+                   (sc[static_cast<std::size_t>(a)] == sc[static_cast<std::size_t>(b)] && a < b);
+        });
+        if (static_cast<std::int32_t>(ids.size()) > k) ids.resize(static_cast<std::size_t>(k));
+        CHECK(rank == want_rank);
+        CHECK(top == ids);
+    }
+}
+
+TEST_CASE("ranking eval: the batched drivers give the per-user results for any batch size") {
+    // 7 users over 30 items, random sequences; a scorer that depends on (user, item) only.
+    std::mt19937_64 g(9);
+    xd::sequences s;
+    s.n_items = 30;
+    for (int u = 0; u < 7; ++u) {
+        std::vector<std::int32_t> row;
+        for (int j = 0; j < 3 + u % 4; ++j) row.push_back(static_cast<std::int32_t>(g() % 30));
+        s.push_row(row);
+    }
+    const auto sp = xd::leave_last_out(s, true);
+    auto f = [](std::int64_t u, std::int32_t i) { return static_cast<float>((u * 7 + i * 13) % 11); };  // many ties
+    auto one = [&](std::int64_t u, std::span<float> out) {
+        for (std::size_t i = 0; i < out.size(); ++i) out[i] = f(u, static_cast<std::int32_t>(i));
+    };
+    std::vector<std::int64_t> seen_batches;
+    auto many = [&](std::span<const std::int64_t> users, std::span<float> out) {
+        seen_batches.push_back(static_cast<std::int64_t>(users.size()));
+        for (std::size_t b = 0; b < users.size(); ++b)
+            for (std::size_t i = 0; i < 30; ++i) out[b * 30 + i] = f(users[b], static_cast<std::int32_t>(i));
+    };
+    const auto ref = xt::evaluate_full(sp, one, {1, 5});
+    for (std::int64_t batch : {1, 2, 3, 64}) {
+        seen_batches.clear();
+        const auto m = xt::evaluate_full_batched(sp, batch, many, {1, 5});
+        CHECK(seen_batches.front() == std::min<std::int64_t>(batch, m[0].users));
+        for (int j = 0; j < 2; ++j) {
+            CHECK(m[static_cast<std::size_t>(j)].ndcg == ref[static_cast<std::size_t>(j)].ndcg);
+            CHECK(m[static_cast<std::size_t>(j)].hr == ref[static_cast<std::size_t>(j)].hr);
+            CHECK(m[static_cast<std::size_t>(j)].gini == ref[static_cast<std::size_t>(j)].gini);
+        }
+    }
+    const auto c = xt::make_sampled_candidates(sp, xd::negative_sampler(30, xd::sampling::uniform), 5, 3);
+    auto cone = [&](std::int64_t u, std::span<const std::int32_t> items, std::span<float> out) {
+        for (std::size_t j = 0; j < items.size(); ++j) out[j] = f(u, items[j]);
+    };
+    auto cmany = [&](std::span<const std::int64_t> users, std::span<const std::int32_t> items, std::span<float> out) {
+        for (std::size_t b = 0; b < users.size(); ++b)
+            for (std::size_t j = 0; j < 6; ++j) out[b * 6 + j] = f(users[b], items[b * 6 + j]);
+    };
+    const auto sref = xt::evaluate_sampled(c, 30, cone, {1, 3});
+    for (std::int64_t batch : {1, 4, 100}) {
+        const auto m = xt::evaluate_sampled_batched(c, 30, batch, cmany, {1, 3});
+        CHECK(m[1].ndcg == sref[1].ndcg);
+        CHECK(m[1].coverage == sref[1].coverage);
+        CHECK(m[0].users == sref[0].users);
+    }
 }
 
 TEST_CASE("ranking eval: session protocol scores every next click (hand example)") {

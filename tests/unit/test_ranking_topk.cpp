@@ -203,6 +203,12 @@ TEST_CASE("top_k: bad input is refused with the sizes") {
     CHECK_THROWS_WITH_AS(xs::top_k(q2, items.data(), 4, 3, 2, {}, ids, sc), doctest::Contains("query of 2 values for D = 3"),
                          xrec::error);
     CHECK_THROWS_WITH_AS(xs::top_k(q, items.data(), 4, 3, 3, {}, ids, sc), doctest::Contains("k = 3"), xrec::error);
+    // NaN scores are never returned: item 1 of 4 has a NaN in its row.
+    std::vector<float> withnan(items);
+    withnan[4] = std::nanf("");
+    std::vector<std::int32_t> ids4(4);
+    CHECK(xs::top_k(q, withnan.data(), 4, 3, 4, {}, ids4, {}) == 3);
+    CHECK(ids4 == std::vector<std::int32_t>{0, 2, 3, -1});
     // All-equal scores: the smallest ids win.
     CHECK(xs::top_k(q, items.data(), 4, 3, 2, {}, ids, sc) == 2);
     CHECK(ids == std::vector<std::int32_t>{0, 1});

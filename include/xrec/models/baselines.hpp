@@ -76,7 +76,9 @@ struct item_knn_options {
 
 /// Item-based kNN (cosine over users). Similarities: co(i, j) = users with both i and j
 /// (each user's items counted once), sim = co / (sqrt(n_i n_j) + shrink), i != j; per item
-/// the `neighbours` largest (ties: smaller id) are kept in CSR form.
+/// the `neighbours` largest (ties: smaller id) are kept in CSR form. For sessions, fit on
+/// the training sessions and score with the last click only (score_all(prefix.last(1))):
+/// the Item-KNN baseline of the GRU4Rec paper.
 class item_knn {
 public:
     item_knn(std::int32_t n_items, std::span<const std::int64_t> offsets, std::span<const std::int32_t> items,

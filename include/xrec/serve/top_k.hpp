@@ -19,7 +19,10 @@
 // Scores: row r's score is computed by the same instruction sequence wherever r falls (its
 // lane is r mod W), so score_all() gives exactly the scores top_k ranks and the result is
 // exactly the first k of a full std::sort by (score desc, id asc) of score_all's scores
-// (the tests check this). Scores must not be NaN.
+// (the tests check this). An item whose score is NaN is never returned.
+//
+// Scores with a per-item bias (q . e_i + b_i, e.g. an output layer's bias): serve the
+// augmented table [e_i, b_i] with the query [q, 1].
 //
 // Allocation: a top_k_workspace holds the block scores and the heaps; it grows to the
 // largest request and is then reused, so steady-state calls allocate nothing. The overloads
@@ -137,16 +140,20 @@ void dot_rows(const float* q, const float* items, std::int64_t d, std::int64_t b
                 for (std::int64_t j = 0; j < rows; ++j) acc[j] = xsimd::fma(bt::load_unaligned(base + j * d + p), qv, acc[j]);
             }
         }
-        bt s = sum_rows<A>(acc);
         if (kv < d) {
-            alignas(64) float tail[w] = {};
+            // The last d - kv values, zero-padded to one batch, as one more SIMD step: no
+            // scalar tail, whose FMA contraction the compiler may decide differently in each
+            // place dot_rows is inlined (scores would then differ in the last bit).
+            alignas(64) float qt[w] = {};
+            std::copy(q + kv, q + d, qt);
+            const bt qv = bt::load_aligned(qt);
             for (std::int64_t j = 0; j < rows; ++j) {
-                float t = 0.0f;
-                for (std::int64_t p = kv; p < d; ++p) t += base[j * d + p] * q[p];
-                tail[j] = t;
+                alignas(64) float it[w] = {};
+                std::copy(base + j * d + kv, base + j * d + d, it);
+                acc[j] = xsimd::fma(bt::load_aligned(it), qv, acc[j]);
             }
-            s += bt::load_aligned(tail);
         }
+        bt s = sum_rows<A>(acc);
         if (rows == w) {
             s.store_unaligned(out + (r - b));
         } else {
@@ -173,6 +180,7 @@ struct selection {
 
     // Offers item id (ids offered in ascending order) with score s.
     void offer(std::int32_t id, float s) {
+        if (s != s) return;  // NaN: never returned (once full, s > thr already rejects it)
         while (ex != ex_end && *ex < id) ++ex;
         if (ex != ex_end && *ex == id) return;
         if (size < k) {

@@ -9,6 +9,8 @@
 //  - evaluate_full: the target among all items, the user's history (train + valid for the
 //    test target, train for the valid target) masked; the target itself is never masked
 //    (a repeat of a history item can still be hit).
+//  - *_batched forms hand the scorer a batch of users at once (a model scores a batch in
+//    one forward); the metrics are the same for any batch size.
 //  - evaluate_sessions: every next click of each test session (GRU4Rec's protocol): the
 //    prefix items[0..t) predicts items[t], full ranking, nothing masked.
 //
@@ -72,31 +74,48 @@ inline void history_of(const data::loo_split& s, std::int64_t u, eval_target t, 
     out.erase(std::unique(out.begin(), out.end()), out.end());
 }
 
-// The k best (score desc, id asc) of ids [0, n) not in `mask` (sorted); list shorter when
-// fewer remain. A scalar running heap: evaluation, not serving (serve::top_k is the fast one).
-inline void select_top(std::span<const float> scores, std::span<const std::int32_t> mask, std::int32_t k,
-                       std::vector<std::pair<float, std::int32_t>>& heap, std::vector<std::int32_t>& out) {
+// One pass over the scores of ids [0, n) not in `mask` (ascending, duplicates and ids
+// outside [0, n) allowed): the pessimistic rank of `target` (the others scoring >= it,
+// NaN included; the target must not be masked; -1: no rank) and the k best (score desc,
+// id asc; NaN never listed) into `out`. A scalar running heap: evaluation, not serving
+// (serve::top_k is the fast one).
+inline std::int64_t rank_and_top(std::span<const float> scores, std::span<const std::int32_t> mask, std::int32_t target,
+                                 std::int32_t k, std::vector<std::pair<float, std::int32_t>>& heap,
+                                 std::vector<std::int32_t>& out) {
     auto better = [](const std::pair<float, std::int32_t>& a, const std::pair<float, std::int32_t>& b) {
         return a.first > b.first || (a.first == b.first && a.second < b.second);
     };
+    const auto n = static_cast<std::int32_t>(scores.size());
+    const float ts = target >= 0 ? scores[static_cast<std::size_t>(target)] : 0.0f;
+    std::int64_t ahead = 0;
     heap.clear();
-    std::size_t c = 0;
-    for (std::int32_t i = 0; i < static_cast<std::int32_t>(scores.size()); ++i) {
-        while (c < mask.size() && mask[c] < i) ++c;
-        if (c < mask.size() && mask[c] == i) continue;
-        const float s = scores[static_cast<std::size_t>(i)];
-        if (static_cast<std::int32_t>(heap.size()) < k) {
-            heap.push_back({s, i});
-            std::push_heap(heap.begin(), heap.end(), better);
-        } else if (k > 0 && s > heap.front().first) {
-            std::pop_heap(heap.begin(), heap.end(), better);
-            heap.back() = {s, i};
-            std::push_heap(heap.begin(), heap.end(), better);
+    auto visit = [&](std::int32_t b, std::int32_t e) {
+        for (std::int32_t i = b; i < e; ++i) {
+            const float s = scores[static_cast<std::size_t>(i)];
+            ahead += !(s < ts);
+            if (std::isnan(s)) continue;
+            if (static_cast<std::int32_t>(heap.size()) < k) {
+                heap.push_back({s, i});
+                std::push_heap(heap.begin(), heap.end(), better);
+            } else if (k > 0 && s > heap.front().first) {
+                std::pop_heap(heap.begin(), heap.end(), better);
+                heap.back() = {s, i};
+                std::push_heap(heap.begin(), heap.end(), better);
+            }
         }
+    };
+    std::int32_t from = 0;
+    for (const auto m : mask) {
+        if (m < from) continue;  // a repeat
+        if (m >= n) break;       // the rest lie outside [0, n)
+        visit(from, m);
+        from = m + 1;
     }
+    visit(from, n);
     std::sort(heap.begin(), heap.end(), better);
     out.clear();
     for (auto& h : heap) out.push_back(h.second);
+    return target >= 0 ? ahead - 1 : -1;  // the target counted itself
 }
 
 inline std::int32_t max_of(const std::vector<std::int32_t>& ks) {
@@ -143,35 +162,59 @@ inline void save_candidates(const sampled_candidates& c, const std::string& path
     w.write(path);
 }
 
+/// Sampled protocol on precomputed candidates, scored `batch` rows at a time:
+/// score(users [b], candidate items [b, per_user] row-major, out scores [b, per_user]).
+/// The metrics do not depend on the batch size (users are accumulated in row order).
+template <class ScoreBatch>
+std::vector<metrics::ranking_metrics> evaluate_sampled_batched(const sampled_candidates& c, std::int32_t n_items,
+                                                               std::int64_t batch, ScoreBatch&& score,
+                                                               std::vector<std::int32_t> ks,
+                                                               std::span<const double> popularity = {}) {
+    XREC_CHECK(batch >= 1, "evaluate_sampled: batch = ", batch, " must be >= 1");
+    const auto kmax = detail::max_of(ks);
+    metrics::ranking_accumulator acc(std::move(ks), n_items, popularity);
+    const auto per = static_cast<std::size_t>(c.per_user);
+    std::vector<float> sc(static_cast<std::size_t>(batch) * per);
+    std::vector<std::int32_t> order(per), top;
+    for (std::int64_t r0 = 0; r0 < c.size(); r0 += batch) {
+        const auto nb = static_cast<std::size_t>(std::min(batch, c.size() - r0));
+        score(std::span<const std::int64_t>(c.users).subspan(static_cast<std::size_t>(r0), nb),
+              std::span<const std::int32_t>(c.items).subspan(static_cast<std::size_t>(r0) * per, nb * per),
+              std::span<float>(sc).first(nb * per));
+        for (std::size_t i = 0; i < nb; ++i) {
+            const auto cand = c.row(r0 + static_cast<std::int64_t>(i));
+            const std::span<const float> us(sc.data() + i * per, per);
+            const auto rank = metrics::target_rank(us, 0);
+            // The top list: candidates by score desc; the target after its ties (as its rank
+            // says), the others by id asc.
+            for (std::size_t j = 0; j < per; ++j) order[j] = static_cast<std::int32_t>(j);
+            const auto lim = std::min<std::size_t>(static_cast<std::size_t>(kmax), per);
+            std::partial_sort(order.begin(), order.begin() + static_cast<std::ptrdiff_t>(lim), order.end(),
+                              [&](std::int32_t a, std::int32_t b) {
+                                  const float x = us[static_cast<std::size_t>(a)], y = us[static_cast<std::size_t>(b)];
+                                  if (x != y) return x > y;
+                                  if ((a == 0) != (b == 0)) return b == 0;
+                                  return cand[static_cast<std::size_t>(a)] < cand[static_cast<std::size_t>(b)];
+                              });
+            top.clear();
+            for (std::size_t j = 0; j < lim; ++j) top.push_back(cand[static_cast<std::size_t>(order[j])]);
+            acc.add_rank(rank, top);
+        }
+    }
+    return acc.result();
+}
+
 /// Sampled protocol on precomputed candidates. score(user, candidate items, out scores).
 template <class ScoreItems>
 std::vector<metrics::ranking_metrics> evaluate_sampled(const sampled_candidates& c, std::int32_t n_items,
                                                        ScoreItems&& score, std::vector<std::int32_t> ks,
                                                        std::span<const double> popularity = {}) {
-    const auto kmax = detail::max_of(ks);
-    metrics::ranking_accumulator acc(std::move(ks), n_items, popularity);
-    std::vector<float> sc(static_cast<std::size_t>(c.per_user));
-    std::vector<std::int32_t> order(static_cast<std::size_t>(c.per_user)), top;
-    for (std::int64_t r = 0; r < c.size(); ++r) {
-        const auto cand = c.row(r);
-        score(c.users[static_cast<std::size_t>(r)], cand, std::span<float>(sc));
-        const auto rank = metrics::target_rank(sc, 0);
-        // The top list: candidates by score desc; the target after its ties (as its rank
-        // says), the others by id asc.
-        for (std::int32_t j = 0; j < c.per_user; ++j) order[static_cast<std::size_t>(j)] = j;
-        const auto lim = std::min<std::size_t>(static_cast<std::size_t>(kmax), order.size());
-        std::partial_sort(order.begin(), order.begin() + static_cast<std::ptrdiff_t>(lim), order.end(),
-                          [&](std::int32_t a, std::int32_t b) {
-                              const float x = sc[static_cast<std::size_t>(a)], y = sc[static_cast<std::size_t>(b)];
-                              if (x != y) return x > y;
-                              if ((a == 0) != (b == 0)) return b == 0;
-                              return cand[static_cast<std::size_t>(a)] < cand[static_cast<std::size_t>(b)];
-                          });
-        top.clear();
-        for (std::size_t j = 0; j < lim; ++j) top.push_back(cand[static_cast<std::size_t>(order[j])]);
-        acc.add_rank(rank, top);
-    }
-    return acc.result();
+    return evaluate_sampled_batched(
+        c, n_items, 1,
+        [&](std::span<const std::int64_t> users, std::span<const std::int32_t> items, std::span<float> out) {
+            score(users[0], items, out);
+        },
+        std::move(ks), popularity);
 }
 
 /// Sampled protocol: draws the candidates (make_sampled_candidates) and ranks them.
@@ -184,36 +227,56 @@ std::vector<metrics::ranking_metrics> evaluate_sampled(const data::loo_split& s,
     return evaluate_sampled(c, s.n_items(), score, std::move(ks), popularity);
 }
 
+/// Full ranking with the history masked, scored `batch` users at a time:
+/// score(users [b], out scores [b, n_items] row-major). Users with a target, in row order;
+/// the metrics do not depend on the batch size.
+template <class ScoreBatch>
+std::vector<metrics::ranking_metrics> evaluate_full_batched(const data::loo_split& s, std::int64_t batch,
+                                                            ScoreBatch&& score, std::vector<std::int32_t> ks,
+                                                            std::span<const double> popularity = {},
+                                                            eval_target target = eval_target::test) {
+    XREC_CHECK(batch >= 1, "evaluate_full: batch = ", batch, " must be >= 1");
+    const auto kmax = detail::max_of(ks);
+    metrics::ranking_accumulator acc(std::move(ks), s.n_items(), popularity);
+    const auto n = static_cast<std::size_t>(s.n_items());
+    std::vector<float> sc(static_cast<std::size_t>(batch) * n);
+    std::vector<std::int64_t> users;
+    std::vector<std::int32_t> hist, top;
+    std::vector<std::pair<float, std::int32_t>> heap;
+    auto flush = [&] {
+        if (users.empty()) return;
+        score(std::span<const std::int64_t>(users), std::span<float>(sc).first(users.size() * n));
+        for (std::size_t i = 0; i < users.size(); ++i) {
+            const auto u = users[i];
+            const auto t = detail::target_of(s, u, target);
+            const std::span<const float> us(sc.data() + i * n, n);
+            detail::history_of(s, u, target, hist);
+            // The target is never masked: drop it from the mask if the history holds it.
+            if (auto it = std::lower_bound(hist.begin(), hist.end(), t); it != hist.end() && *it == t) hist.erase(it);
+            XREC_CHECK(!std::isnan(us[static_cast<std::size_t>(t)]), "evaluate_full: the score of user ", u,
+                       "'s target item ", t, " is NaN");
+            const auto rank = detail::rank_and_top(us, hist, t, kmax, heap, top);  // fills top: before add_rank reads it
+            acc.add_rank(rank, top);
+        }
+        users.clear();
+    };
+    for (std::int64_t u = 0; u < s.rows(); ++u) {
+        if (detail::target_of(s, u, target) < 0) continue;
+        users.push_back(u);
+        if (static_cast<std::int64_t>(users.size()) == batch) flush();
+    }
+    flush();
+    return acc.result();
+}
+
 /// Full ranking with the history masked. score(user, out scores of all n_items items).
 template <class ScoreAll>
 std::vector<metrics::ranking_metrics> evaluate_full(const data::loo_split& s, ScoreAll&& score, std::vector<std::int32_t> ks,
                                                     std::span<const double> popularity = {},
                                                     eval_target target = eval_target::test) {
-    const auto kmax = detail::max_of(ks);
-    metrics::ranking_accumulator acc(std::move(ks), s.n_items(), popularity);
-    std::vector<float> sc(static_cast<std::size_t>(s.n_items()));
-    std::vector<std::int32_t> hist, top;
-    std::vector<std::pair<float, std::int32_t>> heap;
-    for (std::int64_t u = 0; u < s.rows(); ++u) {
-        const auto t = detail::target_of(s, u, target);
-        if (t < 0) continue;
-        score(u, std::span<float>(sc));
-        detail::history_of(s, u, target, hist);
-        // The target is never masked: drop it from the mask if the history holds it.
-        if (auto it = std::lower_bound(hist.begin(), hist.end(), t); it != hist.end() && *it == t) hist.erase(it);
-        const float ts = sc[static_cast<std::size_t>(t)];
-        XREC_CHECK(!std::isnan(ts), "evaluate_full: the score of user ", u, "'s target item ", t, " is NaN");
-        std::int64_t rank = 0;
-        std::size_t c = 0;
-        for (std::int32_t i = 0; i < s.n_items(); ++i) {
-            while (c < hist.size() && hist[c] < i) ++c;
-            if (i == t || (c < hist.size() && hist[c] == i)) continue;
-            if (!(sc[static_cast<std::size_t>(i)] < ts)) ++rank;
-        }
-        detail::select_top(sc, hist, kmax, heap, top);
-        acc.add_rank(rank, top);
-    }
-    return acc.result();
+    return evaluate_full_batched(
+        s, 1, [&](std::span<const std::int64_t> users, std::span<float> out) { score(users[0], out); }, std::move(ks),
+        popularity, target);
 }
 
 /// Session protocol: for every test session and every t >= 1, the prefix items[0..t)
@@ -233,10 +296,7 @@ std::vector<metrics::ranking_metrics> evaluate_sessions(const data::sequences& t
             score(r, row.first(t), std::span<float>(sc));
             const float ts = sc[static_cast<std::size_t>(row[t])];
             XREC_CHECK(!std::isnan(ts), "evaluate_sessions: the score of session ", r, "'s next item is NaN");
-            std::int64_t rank = 0;
-            for (std::int32_t i = 0; i < test.n_items; ++i)
-                if (i != row[t] && !(sc[static_cast<std::size_t>(i)] < ts)) ++rank;
-            detail::select_top(sc, {}, kmax, heap, top);
+            const auto rank = detail::rank_and_top(sc, {}, row[t], kmax, heap, top);
             acc.add_rank(rank, top);
         }
     }
