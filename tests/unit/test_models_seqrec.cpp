@@ -170,8 +170,12 @@ TEST_CASE("bpr_max: gradcheck, PyTorch parity, bad inputs") {
 }
 
 TEST_CASE("sasrec: gradcheck of the BCE and softmax-CE losses w.r.t. every parameter (double)") {
-    const sasrec_batch_fixture fb;
+    sasrec_batch_fixture fb;
+    for (int trimmed = 0; trimmed < 2; ++trimmed)
     for (double p : {0.0, 0.3}) {
+        if (trimmed) {  // the first two columns padding in every row: state() and the losses skip them
+            for (int t = 0; t < 2; ++t) fb.ids[static_cast<std::size_t>(t)] = fb.targets[static_cast<std::size_t>(t)] = -1;
+        }
         param_store<double, B> store(3);
         models::sasrec<double, B> m(store, small_sasrec(p));
         xrec_test::randomize_dense(store, 5, file_tag, 0.5);
@@ -181,10 +185,10 @@ TEST_CASE("sasrec: gradcheck of the BCE and softmax-CE losses w.r.t. every param
                     return ce ? m.ce_loss(ctx, fb.ids, fb.targets) : m.bce_loss(ctx, fb.ids, fb.targets, fb.negatives);
                 },
                 {}, &store);
-            INFO("dropout ", p, std::string(ce ? " ce: " : " bce: "), rep.failures);
+            INFO("trimmed ", trimmed, " dropout ", p, std::string(ce ? " ce: " : " bce: "), rep.failures);
             CHECK(rep.ok);
             CHECK(rep.checked > 300);
-            MESSAGE("sasrec ", std::string(ce ? "ce" : "bce"), " dropout ", p, " gradcheck: ", rep.checked, " scalars, max abs err ",
+            MESSAGE("sasrec ", std::string(ce ? "ce" : "bce"), " dropout ", p, std::string(trimmed ? " (leading padding skipped)" : ""), " gradcheck: ", rep.checked, " scalars, max abs err ",
                     rep.max_abs_err, ", max rel err ", rep.max_rel_err);
         }
     }
@@ -274,7 +278,7 @@ TEST_CASE_TEMPLATE("gru4rec: parity with the PyTorch peer", T, double, float) {
     }
 }
 
-TEST_CASE("sasrec: the causal mask hides the future; padding is invisible") {
+TEST_CASE("sasrec: the causal mask hides the future; skipping all-padding columns changes nothing") {
     param_store<double, B> store(8);
     models::sasrec<double, B> m(store, small_sasrec());
     xrec_test::randomize_dense(store, 2, file_tag, 0.5);
@@ -291,6 +295,13 @@ TEST_CASE("sasrec: the causal mask hides the future; padding is invisible") {
         for (std::int64_t d = 0; d < D; ++d) diff += std::fabs(ha.data[t * D + d] - hb.data[t * D + d]);
         CHECK(diff > 1e-6);
     }
+    // Skipping columns that are padding in every row changes nothing: state() (which skips
+    // them) equals the last position of the full encode().
+    const std::vector<std::int64_t> shorts = {-1, -1, 3, 1, 4, -1, -1, -1, 2, 6};
+    const var<double> full = m.encode(ctx, shorts), st = m.state(ctx, shorts);
+    for (std::int64_t b = 0; b < 2; ++b)
+        for (std::int64_t d = 0; d < D; ++d)
+            CHECK(st.data[b * D + d] == doctest::Approx(full.data[(b * 5 + 4) * D + d]).epsilon(1e-12));
     // input_row keeps the last max_len items and left-pads shorter histories.
     std::vector<std::int64_t> hist1 = {5, 6, 2, 8, 3, 0}, hist2 = {1, 6, 2, 8, 3, 0};
     std::vector<std::int64_t> r1(5), r2(5);

@@ -58,6 +58,10 @@ struct sasrec_options {
 /// positions after every block; here padded positions are masked as keys instead, so they
 /// never reach a real position (their own outputs are never read).
 ///
+/// Leading columns that are padding in every row of a batch are skipped by state() and the
+/// losses (positions keep their absolute index): the same outputs, at the cost of the
+/// longest sequence of the batch instead of T.
+///
 /// Scores: the output at position t scores item i by <H[b, t], E[i]> (the input embedding
 /// shared with the prediction layer, not scaled). Inference uses the last position:
 /// scores(state(ids)) = H[:, T-1] E^T [B, n_items]; item_embeddings() exports E for top-K.
@@ -96,31 +100,18 @@ struct sasrec {
     /// H [B, T, D] for ids [B * T] (see the type's doc).
     template <class Ctx>
     var<T> encode(Ctx& ctx, std::span<const std::int64_t> ids) const {
-        check_ctx<Ctx>();
-        const std::int64_t L = options.max_len, D = options.dim;
-        XREC_CHECK(!ids.empty() && static_cast<std::int64_t>(ids.size()) % L == 0, "sasrec '", options.name, "': ",
-                   ids.size(), " ids are not a whole number of sequences of max_len ", L);
-        const std::int64_t nb = static_cast<std::int64_t>(ids.size()) / L;
-        var<T> x = seqrec::gather_rows(ctx, ctx.param(item_emb), ids, static_cast<T>(std::sqrt(static_cast<double>(D))));
-        x = pos_emb(ctx, ops::reshape(ctx, x, shape{nb, L, D}));
-        x = ops::dropout(ctx, x, options.dropout);
-        auto* valid = ctx.template scratch<std::uint8_t>(nb * L);
-        for (std::int64_t i = 0; i < nb * L; ++i) valid[i] = ids[static_cast<std::size_t>(i)] >= 0 ? 1 : 0;
-        ops::attention_mask mask;
-        mask.causal = true;
-        mask.key_valid = {valid, static_cast<std::size_t>(nb * L)};
-        for (const auto& blk : blocks) x = blk(ctx, x, mask);
-        return last_norm(ctx, x);
+        return encode_window(ctx, ids, 0);
     }
 
     /// The sequence states [B, D]: H at the last position (the most recent item).
     template <class Ctx>
     var<T> state(Ctx& ctx, std::span<const std::int64_t> ids) const {
-        const var<T> h = encode(ctx, ids);
-        const std::int64_t nb = h.s[0], L = options.max_len;
+        const std::int64_t first = first_column(ids);
+        const var<T> h = encode_window(ctx, ids, first);
+        const std::int64_t nb = h.s[0], w = h.s[1];
         auto* last = ctx.template scratch<std::int64_t>(nb);
-        for (std::int64_t b = 0; b < nb; ++b) last[b] = b * L + L - 1;
-        return seqrec::gather_rows(ctx, ops::reshape(ctx, h, shape{nb * L, options.dim}),
+        for (std::int64_t b = 0; b < nb; ++b) last[b] = b * w + w - 1;
+        return seqrec::gather_rows(ctx, ops::reshape(ctx, h, shape{nb * w, options.dim}),
                                    std::span<const std::int64_t>(last, static_cast<std::size_t>(nb)));
     }
 
@@ -131,7 +122,8 @@ struct sasrec {
     }
 
     /// The paper's loss: BCE with one negative per position. ids, targets and negatives are
-    /// [B * T]; positions with target -1 are skipped (negatives there are ignored).
+    /// [B * T]; positions with target -1 are skipped (negatives there are ignored); a target
+    /// needs an input item at its position.
     template <class Ctx>
     var<T> bce_loss(Ctx& ctx, std::span<const std::int64_t> ids, std::span<const std::int64_t> targets,
                     std::span<const std::int64_t> negatives) const {
@@ -211,17 +203,73 @@ private:
         for (std::int64_t l = 0; l < o.blocks; ++l) out.emplace_back(s, o.name + ".blocks." + std::to_string(l), o.dim, t);
         return s;
     }
+    // The first column that is not padding in some row (T - 1 when every row is empty).
+    // Columns before it are padding everywhere: masked as keys and never read, so
+    // encode_window skips them, which gives the same outputs at a fraction of the cost on
+    // short sequences.
+    std::int64_t first_column(std::span<const std::int64_t> ids) const {
+        const std::int64_t L = options.max_len;
+        XREC_CHECK(!ids.empty() && static_cast<std::int64_t>(ids.size()) % L == 0, "sasrec '", options.name, "': ",
+                   ids.size(), " ids are not a whole number of sequences of max_len ", L);
+        const std::int64_t nb = static_cast<std::int64_t>(ids.size()) / L;
+        std::int64_t first = L - 1;
+        for (std::int64_t b = 0; b < nb; ++b)
+            for (std::int64_t t = 0; t < first; ++t)
+                if (ids[static_cast<std::size_t>(b * L + t)] >= 0) {
+                    first = t;
+                    break;
+                }
+        return first;
+    }
+
+    // H over the columns first .. T-1 of ids [B * T]: [B, T - first, D], positions first ..
+    // T-1 of the positional embedding.
+    template <class Ctx>
+    var<T> encode_window(Ctx& ctx, std::span<const std::int64_t> ids, std::int64_t first) const {
+        check_ctx<Ctx>();
+        const std::int64_t L = options.max_len, D = options.dim;
+        XREC_CHECK(!ids.empty() && static_cast<std::int64_t>(ids.size()) % L == 0, "sasrec '", options.name, "': ",
+                   ids.size(), " ids are not a whole number of sequences of max_len ", L);
+        const std::int64_t nb = static_cast<std::int64_t>(ids.size()) / L, w = L - first;
+        auto* win = ctx.template scratch<std::int64_t>(nb * w);
+        for (std::int64_t b = 0; b < nb; ++b)
+            for (std::int64_t t = 0; t < w; ++t) win[b * w + t] = ids[static_cast<std::size_t>(b * L + first + t)];
+        const std::span<const std::int64_t> wids(win, static_cast<std::size_t>(nb * w));
+        var<T> x = seqrec::gather_rows(ctx, ctx.param(item_emb), wids, static_cast<T>(std::sqrt(static_cast<double>(D))));
+        const var<T> p = ctx.param(pos_emb.weight);
+        var<T> pw;
+        if constexpr (Ctx::records)
+            pw = ctx.leaf(tensor_view<T>{p.data + first * D, shape{w, D}}, p.g->grad + first * D);
+        else
+            pw = ctx.input(tensor_view<const T>{p.data + first * D, shape{w, D}});
+        x = ops::add_positions(ctx, ops::reshape(ctx, x, shape{nb, w, D}), pw);
+        x = ops::dropout(ctx, x, options.dropout);
+        auto* valid = ctx.template scratch<std::uint8_t>(nb * w);
+        for (std::int64_t i = 0; i < nb * w; ++i) valid[i] = win[i] >= 0 ? 1 : 0;
+        ops::attention_mask mask;
+        mask.causal = true;
+        mask.key_valid = {valid, static_cast<std::size_t>(nb * w)};
+        for (const auto& blk : blocks) x = blk(ctx, x, mask);
+        return last_norm(ctx, x);
+    }
+
     // H at the positions whose target is not -1, in row-major order: [M, D].
     template <class Ctx>
     var<T> valid_states(Ctx& ctx, std::span<const std::int64_t> ids, std::span<const std::int64_t> targets) const {
-        const var<T> h = encode(ctx, ids);
-        const auto n = static_cast<std::int64_t>(ids.size());
-        auto* idx = ctx.template scratch<std::int64_t>(n);
+        const std::int64_t first = first_column(ids);
+        const var<T> h = encode_window(ctx, ids, first);
+        const std::int64_t L = options.max_len, nb = h.s[0], w = h.s[1];
+        auto* idx = ctx.template scratch<std::int64_t>(nb * w);
         std::int64_t m = 0;
-        for (std::int64_t i = 0; i < n; ++i)
-            if (targets[static_cast<std::size_t>(i)] >= 0) idx[m++] = i;
+        for (std::int64_t b = 0; b < nb; ++b)
+            for (std::int64_t t = 0; t < w; ++t)
+                if (targets[static_cast<std::size_t>(b * L + first + t)] >= 0) idx[m++] = b * w + t;
         XREC_CHECK(m > 0, "sasrec '", options.name, "': no position has a target");
-        return seqrec::gather_rows(ctx, ops::reshape(ctx, h, shape{n, options.dim}),
+        for (std::size_t i = 0; i < targets.size(); ++i) {
+            XREC_CHECK(targets[i] < 0 || ids[i] >= 0, "sasrec '", options.name, "': target ", targets[i], " at position ",
+                       i, " has no input item (id -1)");
+        }
+        return seqrec::gather_rows(ctx, ops::reshape(ctx, h, shape{nb * w, options.dim}),
                                    std::span<const std::int64_t>(idx, static_cast<std::size_t>(m)));
     }
 };
