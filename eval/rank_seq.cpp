@@ -14,6 +14,7 @@
 // Usage: rank_seq --dataset beauty|toys|rsc15 --model sasrec|gru4rec [--loss bce|ce|bpr_max]
 //                 [--epochs N] [--eval-every K] [--seeds 1,2,3] [--threads N] [--batch B]
 //                 [--lr X] [--dropout P] [--hidden H] [--n-sample S] [--bpreg R]
+//                 [--buckets K (sasrec: length-bucketed batches over chunks of K batches, 0 off; 50)]
 //                 [--export DIR] [--data DIR]
 #include <algorithm>
 #include <chrono>
@@ -44,7 +45,7 @@ namespace {
 
 struct args_t {
     std::string dataset = "beauty", model = "sasrec", loss = "bce", data_dir, export_dir;
-    std::int64_t epochs = 0, eval_every = 10, batch = 0, hidden = 0, n_sample = 2048;
+    std::int64_t epochs = 0, eval_every = 10, buckets = 50, batch = 0, hidden = 0, n_sample = 2048;
     std::vector<std::uint64_t> seeds = {1};
     int threads = 1;
     double lr = 1e-3, dropout = -1, bpreg = 1.0;
@@ -64,6 +65,7 @@ args_t parse(int argc, char** argv) {
         else if (k == "--loss") a.loss = v();
         else if (k == "--epochs") a.epochs = std::stoll(v());
         else if (k == "--eval-every") a.eval_every = std::stoll(v());
+        else if (k == "--buckets") a.buckets = std::stoll(v());
         else if (k == "--batch") a.batch = std::stoll(v());
         else if (k == "--hidden") a.hidden = std::stoll(v());
         else if (k == "--n-sample") a.n_sample = std::stoll(v());
@@ -335,6 +337,7 @@ int run_amazon(const args_t& a) {
             models::sasrec<T, B> m(store, o);
             to.batch_size = a.batch > 0 ? a.batch : 128;
             to.beta2 = 0.98;  // the SASRec reference's Adam
+            to.length_buckets = a.buckets;
             if (!a.export_dir.empty()) io::save_checkpoint(a.export_dir + "/init.safetensors", store);
             export_config(a, "dim 64\nmax_len 50\nblocks 2\nheads 1\ndropout " + std::to_string(o.dropout) +
                                  "\nbatch " + std::to_string(to.batch_size) + "\nbeta2 0.98\nn_items " +

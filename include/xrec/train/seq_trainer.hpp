@@ -50,6 +50,10 @@ struct seq_rows {
 ///  - check_finite [true]: stop with xrec::error at a non-finite loss or dense gradient.
 ///  - batch_log [""]: when set, every batch is appended to this file (format below).
 ///  - on_epoch: called after every epoch with (epoch from 1, mean training loss).
+///  - length_buckets [0: off] (sasrec): cut the shuffled users into chunks of this many
+///    batches, sort each chunk by training length, batch it, and shuffle the batches, so a
+///    batch holds users of similar length and skips more padding columns (sasrec's cost
+///    follows the longest sequence of a batch). Still a pure function of (seed, epoch).
 ///
 /// Batch log (little-endian int64 throughout): header "XRSEQLOG" (8 bytes); then per batch
 ///   sasrec:  1, B, T, ids [B T], targets [B T], negatives [B T] (all -1 for softmax CE)
@@ -65,6 +69,7 @@ struct seq_train_options {
     bool check_finite = true;
     std::string batch_log;
     std::function<void(std::int64_t, double)> on_epoch;
+    std::int64_t length_buckets = 0;
 };
 
 namespace detail {
@@ -239,11 +244,26 @@ public:
         std::vector<std::int64_t> users;
         for (std::int64_t u : detail::epoch_order(train.rows(), this->o_.seed, epoch))
             if (train.row(u).size() >= 2) users.push_back(u);
+        const auto bs = static_cast<std::size_t>(this->o_.batch_size);
+        std::vector<std::size_t> starts;  // batch i is users[starts[i] .. starts[i] + bs)
+        for (std::size_t i = 0; i < users.size(); i += bs) starts.push_back(i);
+        if (this->o_.length_buckets > 0) {
+            const std::size_t chunk = bs * static_cast<std::size_t>(this->o_.length_buckets);
+            for (std::size_t c = 0; c < users.size(); c += chunk) {
+                const auto e = users.begin() + static_cast<std::ptrdiff_t>(std::min(users.size(), c + chunk));
+                std::stable_sort(users.begin() + static_cast<std::ptrdiff_t>(c), e, [&](std::int64_t a, std::int64_t b) {
+                    return train.row(a).size() < train.row(b).size();
+                });
+            }
+            const auto perm = detail::epoch_order(static_cast<std::int64_t>(starts.size()), this->o_.seed + 1, epoch);
+            std::vector<std::size_t> shuffled(starts.size());
+            for (std::size_t i = 0; i < starts.size(); ++i) shuffled[i] = starts[static_cast<std::size_t>(perm[i])];
+            starts = std::move(shuffled);
+        }
         sasrec_batch b;
         double sum = 0;
         std::int64_t nb = 0;
-        const auto bs = static_cast<std::size_t>(this->o_.batch_size);
-        for (std::size_t i = 0; i < users.size(); i += bs) {
+        for (std::size_t i : starts) {
             const std::size_t e = std::min(users.size(), i + bs);
             make_batch(train, std::span<const std::int64_t>(users.data() + i, e - i), epoch, b);
             sum += step(b, epoch);
