@@ -60,11 +60,17 @@ class SASRec(_Named):
         self.last_norm = nn.LayerNorm(dim, eps)
 
     def encode(self, ids):
-        """ids LongTensor [B, T], -1 = padding -> H [B, T, D]."""
+        """ids LongTensor [B, T], -1 = padding -> (H [B, T - first, D], first): leading columns
+        that are padding in every row are skipped (as xrec does; the same outputs), positions
+        keep their absolute index."""
+        cols = (ids >= 0).any(0).nonzero()
+        first = int(cols[0]) if len(cols) else ids.shape[1] - 1
+        end = ids.shape[1]
+        ids = ids[:, first:]
         B, T = ids.shape
         valid = ids >= 0
         x = F.embedding(ids.clamp(min=0), self.item_emb) * valid[..., None].to(self.item_emb.dtype)
-        x = x * math.sqrt(self.dim) + self.pos_emb.weight[:T][None]
+        x = x * math.sqrt(self.dim) + self.pos_emb.weight[first:end][None]
         x = F.dropout(x, self.dropout, self.training)
         causal = torch.ones(T, T, dtype=torch.bool).tril()
         allow = causal[None] & valid[:, None, :]
@@ -73,16 +79,17 @@ class SASRec(_Named):
         mask = (~allow).repeat_interleave(self.heads, 0)  # True = may not attend
         for blk in self.blocks:
             x = blk(x, src_mask=mask)
-        return self.last_norm(x)
+        return self.last_norm(x), first
 
     def state(self, ids):
-        return self.encode(ids)[:, -1]
+        return self.encode(ids)[0][:, -1]
 
     def scores(self, states):
         return states @ self.item_emb.t()
 
     def bce_loss(self, ids, targets, negatives):
-        h = self.encode(ids)
+        h, first = self.encode(ids)
+        targets, negatives = targets[:, first:], negatives[:, first:]
         v = targets >= 0
         hv = h[v]
         lp = (hv * self.item_emb[targets[v]]).sum(-1)
@@ -91,7 +98,8 @@ class SASRec(_Named):
             F.binary_cross_entropy_with_logits(ln, torch.zeros_like(ln))
 
     def ce_loss(self, ids, targets):
-        h = self.encode(ids)
+        h, first = self.encode(ids)
+        targets = targets[:, first:]
         v = targets >= 0
         return F.cross_entropy(self.scores(h[v]), targets[v])
 
