@@ -1,7 +1,7 @@
 // Sequential recommendation on real data (issue 5, "must show" 2 and 3):
 //  - Amazon Beauty / Toys (../shared/data/sequences): the last item of every user is the test
 //    target, the second last the validation target; full ranking over all items with the
-//    user's history masked (the target too when it is already in the history: ranked last);
+//    user's history masked (never the target itself, as train::evaluate_full);
 //    ties count against the target. sasrec (BCE or softmax CE) and gru4rec, HR@10 and
 //    NDCG@10 on the test targets at the epoch with the best validation NDCG@10.
 //  - rsc15_100k (../shared/data/rsc15_100k): gru4rec trained on train_full; every next click
@@ -33,6 +33,7 @@
 #include "xrec/core/context.hpp"
 #include "xrec/core/param_store.hpp"
 #include "xrec/io/checkpoint.hpp"
+#include "xrec/models/baselines.hpp"
 #include "xrec/models/gru4rec.hpp"
 #include "xrec/models/sasrec.hpp"
 #include "xrec/train/seq_trainer.hpp"
@@ -197,17 +198,16 @@ struct loo_metrics {
     std::int64_t users = 0;
 };
 
-// Rank of `target` among the unmasked items: items scoring >= the target (ties against it).
+// Rank of `target` among the unmasked items: the other items scoring >= the target (ties
+// and NaN against it). The target itself is never masked (train::evaluate_full's rule; no
+// Beauty or Toys user has a repeated test item, so the rule changes nothing there).
 std::int64_t rank_of(const float* sc, std::int64_t n, std::int32_t target, std::span<const std::int32_t> masked) {
     const float st = sc[target];
-    bool target_masked = false;
-    for (std::int32_t m : masked) target_masked |= m == target;
-    if (target_masked) return n;
     std::int64_t r = 0;
-    for (std::int64_t j = 0; j < n; ++j) r += sc[j] >= st;
+    for (std::int64_t j = 0; j < n; ++j) r += !(sc[j] < st);
     r -= 1;  // the target itself
     for (std::int32_t m : masked)
-        if (sc[m] >= st) --r;  // masked items do not compete (history items counted once)
+        if (m != target && !(sc[m] < st)) --r;  // masked items do not compete (history items counted once)
     return r;
 }
 
@@ -455,6 +455,20 @@ int run_rsc15(const args_t& a) {
         }
     });
     std::printf("most-popular: Recall@20 %.4f MRR@20 %.4f\n", pr, pm);
+    // Session kNN (V-SkNN: linear decay, k 100, the 500 most recent sessions sharing an item).
+    const models::session_knn sknn(static_cast<std::int32_t>(n), train.off, train.items);
+    std::vector<float> ks(static_cast<std::size_t>(n));
+    const auto [kr, km] = metrics20([&](auto&& emit) {
+        for (std::int64_t s = 0; s < test.size(); ++s) {
+            const auto row = test.rows().row(s);
+            for (std::size_t i = 0; i + 1 < row.size(); ++i) {
+                sknn.score_all(row.first(i + 1), ks);
+                emit(ks.data(), row[i + 1]);
+            }
+        }
+    });
+    std::printf("session-kNN (V-SkNN, k 100, sample 500): Recall@20 %.4f MRR@20 %.4f\n", kr, km);
+    std::fflush(stdout);
     std::vector<double> recs, mrrs;
     for (std::uint64_t seed : a.seeds) {
         param_store<T, B> store(seed);
@@ -514,8 +528,9 @@ int run_rsc15(const args_t& a) {
     }
     const double rm = std::accumulate(recs.begin(), recs.end(), 0.0) / static_cast<double>(recs.size());
     const double mm = std::accumulate(mrrs.begin(), mrrs.end(), 0.0) / static_cast<double>(mrrs.size());
-    std::printf("RESULT rsc15 gru4rec %s: Recall@20 %.4f MRR@20 %.4f over %zu seed(s); most-popular %.4f / %.4f\n",
-                a.loss.c_str(), rm, mm, recs.size(), pr, pm);
+    std::printf("RESULT rsc15 gru4rec %s: Recall@20 %.4f MRR@20 %.4f over %zu seed(s); most-popular %.4f / %.4f; "
+                "session-kNN %.4f / %.4f\n",
+                a.loss.c_str(), rm, mm, recs.size(), pr, pm, kr, km);
     return 0;
 }
 

@@ -8,7 +8,7 @@ format) and DIR/config.txt. This script builds the peer, loads the same initial 
 replays the same batches with torch.optim.Adam at the same settings (float32), and evaluates
 with rank_seq's protocol:
   - beauty / toys: last item = test, full ranking over all items, history (every earlier
-    item) masked, ties against the target: HR@10, NDCG@10 after the last epoch (compare with
+    item but the target itself) masked, ties against the target: HR@10, NDCG@10 after the last epoch (compare with
     rank_seq's "final epoch test" line);
   - rsc15: every next click of the test sessions, full ranking, no masking: Recall@20, MRR@20.
 Dropout masks come from each side's own random streams, so the runs agree in distribution,
@@ -116,9 +116,7 @@ def eval_sasrec(m, inputs, targets, n_items, T):
         sc = m.scores(m.state(ids))
         for r, h in enumerate(chunk):
             tgt = targets[u0 + r]
-            hist = set(inputs[u0 + r])
-            if tgt in hist:
-                continue  # masked target: ranked last
+            hist = set(inputs[u0 + r]) - {tgt}  # the target is never masked
             s = sc[r].clone()
             st = s[tgt].item()
             idx = torch.tensor(sorted(hist), dtype=torch.long)
@@ -139,10 +137,8 @@ def eval_gru_users(m, inputs, targets):
         for it in h:
             state, out = m.step(torch.tensor([it]), state)
         s = m.score_all(out)[0]
-        if tgt in set(h):
-            continue
         st = s[tgt].item()
-        idx = torch.tensor(sorted(set(h)), dtype=torch.long)
+        idx = torch.tensor(sorted(set(h) - {tgt}), dtype=torch.long)
         rank = int((s >= st).sum().item()) - 1 - int((s[idx] >= st).sum().item())
         if rank < 10:
             hr += 1
