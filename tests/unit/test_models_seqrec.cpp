@@ -16,6 +16,7 @@
 #include <cmath>
 #include <cstdint>
 #include <filesystem>
+#include <fstream>
 #include <limits>
 #include <string>
 #include <vector>
@@ -537,4 +538,101 @@ TEST_CASE("seq trainer: a non-finite loss stops training naming the epoch and st
     b.targets = fb.targets;
     b.negatives = fb.negatives;
     xrec_test::expect_error([&] { (void)tr.step(b, 4); }, {"non-finite", "epoch 4", "step 1"});
+}
+
+TEST_CASE("sasrec trainer: batch rows, negatives outside the user's items, epochs as pure functions of (seed, epoch)") {
+    param_store<float, B> store(1);
+    models::sasrec<float, B> m(store, small_sasrec());  // max_len 5, 9 items
+    std::vector<std::int64_t> off = {0, 3, 10, 11};
+    std::vector<std::int32_t> items = {4, 2, 7, 0, 1, 2, 3, 4, 5, 6, 8};
+    const train::seq_rows rows{off, items};
+    train::seq_train_options to;
+    to.seed = 3;
+    train::sasrec_trainer<float, B> tr(m, store, to, train::sasrec_loss::bce);
+    train::sasrec_batch b;
+    const std::vector<std::int64_t> users = {0, 1, 2};
+    tr.make_batch(rows, users, 1, b);
+    using v = std::vector<std::int64_t>;
+    // User 0 (4 2 7): ids 4 2, targets 2 7, left-padded. User 1 keeps its last 5 steps.
+    // User 2 has one item: an empty row.
+    CHECK(b.ids == v{-1, -1, -1, 4, 2, /**/ 1, 2, 3, 4, 5, /**/ -1, -1, -1, -1, -1});
+    CHECK(b.targets == v{-1, -1, -1, 2, 7, /**/ 2, 3, 4, 5, 6, /**/ -1, -1, -1, -1, -1});
+    for (std::size_t i = 0; i < b.ids.size(); ++i) {
+        if (b.targets[i] < 0) {
+            CHECK(b.negatives[i] == -1);
+            continue;
+        }
+        const auto u = static_cast<std::int64_t>(i / 5);
+        const auto row = rows.row(u);
+        CHECK(b.negatives[i] >= 0);
+        CHECK(b.negatives[i] < 9);
+        CHECK(std::find(row.begin(), row.end(), b.negatives[i]) == row.end());
+    }
+    train::sasrec_batch b2;
+    tr.make_batch(rows, users, 1, b2);
+    CHECK(b2.negatives == b.negatives);  // same (seed, epoch, user): same negatives
+    tr.make_batch(rows, users, 2, b2);
+    CHECK(b2.negatives != b.negatives);  // another epoch: new draws
+    const auto o1 = train::detail::epoch_order(100, 3, 1), o1b = train::detail::epoch_order(100, 3, 1),
+               o2 = train::detail::epoch_order(100, 3, 2);
+    CHECK(o1 == o1b);
+    CHECK(o1 != o2);
+    auto sorted = o1;
+    std::sort(sorted.begin(), sorted.end());
+    for (std::int64_t i = 0; i < 100; ++i) CHECK(sorted[static_cast<std::size_t>(i)] == i);
+}
+
+TEST_CASE("sasrec trainer: length buckets visit every user once per epoch, logged in the peer's format") {
+    param_store<float, B> store(1);
+    models::sasrec<float, B> m(store, small_sasrec());
+    std::vector<std::int64_t> off = {0};
+    std::vector<std::int32_t> items;
+    for (int u = 0; u < 23; ++u) {
+        for (int i = 0; i < 2 + u % 6; ++i) items.push_back((u + i) % 9);
+        off.push_back(static_cast<std::int64_t>(items.size()));
+    }
+    xrec_test::temp_file log("seqlog.bin", "");
+    train::seq_train_options to;
+    to.batch_size = 4;
+    to.length_buckets = 2;
+    to.lr = 0;
+    to.batch_log = log.str();
+    std::vector<std::int64_t> steps;
+    {
+        train::sasrec_trainer<float, B> tr(m, store, to, train::sasrec_loss::softmax_ce);
+        (void)tr.train_epoch(train::seq_rows{off, items}, 1);
+        CHECK(tr.steps() == 6);  // 23 users in batches of 4
+    }
+    std::ifstream in(log.str(), std::ios::binary);
+    char magic[8];
+    in.read(magic, 8);
+    CHECK(std::string(magic, 8) == "XRSEQLOG");
+    std::vector<int> seen(23, 0);
+    std::int64_t h[3];
+    int batches = 0;
+    std::int64_t rows_total = 0;
+    while (in.read(reinterpret_cast<char*>(h), sizeof h)) {
+        REQUIRE(h[0] == 1);
+        REQUIRE(h[2] == 5);
+        std::vector<std::int64_t> ids(static_cast<std::size_t>(h[1] * 5)), tg(ids.size()), ng(ids.size());
+        in.read(reinterpret_cast<char*>(ids.data()), static_cast<std::streamsize>(ids.size() * 8));
+        in.read(reinterpret_cast<char*>(tg.data()), static_cast<std::streamsize>(tg.size() * 8));
+        in.read(reinterpret_cast<char*>(ng.data()), static_cast<std::streamsize>(ng.size() * 8));
+        ++batches;
+        rows_total += h[1];
+        // Identify each row's user by its last target (the user's last training item) and length.
+        for (std::int64_t r = 0; r < h[1]; ++r) {
+            std::int64_t len = 0;
+            for (int t = 0; t < 5; ++t) len += tg[static_cast<std::size_t>(r * 5 + t)] >= 0;
+            for (int u = 0; u < 23; ++u) {
+                const auto row = train::seq_rows{off, items}.row(u);
+                if (std::min<std::int64_t>(static_cast<std::int64_t>(row.size()) - 1, 5) == len &&
+                    row.back() == tg[static_cast<std::size_t>(r * 5 + 4)] && row[row.size() - 2] == ids[static_cast<std::size_t>(r * 5 + 4)])
+                    ++seen[static_cast<std::size_t>(u)];
+            }
+        }
+    }
+    CHECK(batches == 6);
+    CHECK(rows_total == 23);
+    for (int u = 0; u < 23; ++u) CHECK(seen[static_cast<std::size_t>(u)] >= 1);
 }

@@ -5,7 +5,6 @@
 #include <cmath>
 #include <cstdint>
 #include <span>
-#include <vector>
 
 #include "xrec/core/context.hpp"
 #include "xrec/core/error.hpp"

@@ -444,7 +444,6 @@ public:
                                                            : loss::softmax_cross_entropy(ctx, sc, tgt_);
         h_.assign(r.h.data, r.h.data + L * nb * H);  // before reset: the arena is rewound
         prev_b_ = nb;
-        (void)ns;
         return this->finish_step(l, epoch);
     }
 
