@@ -31,6 +31,7 @@
 #include "xrec/loss/bpr_max.hpp"
 #include "xrec/models/gru4rec.hpp"
 #include "xrec/models/sasrec.hpp"
+#include "xrec/serve/top_k.hpp"
 #include "xrec/testing/gradcheck.hpp"
 #include "xrec/train/seq_trainer.hpp"
 
@@ -635,4 +636,27 @@ TEST_CASE("sasrec trainer: length buckets visit every user once per epoch, logge
     CHECK(batches == 6);
     CHECK(rows_total == 23);
     for (int u = 0; u < 23; ++u) CHECK(seen[static_cast<std::size_t>(u)] >= 1);
+}
+
+TEST_CASE("sasrec: serve::top_k over item_embeddings() returns the model's own best items, history excluded") {
+    param_store<float, B> store(12);
+    models::sasrec<float, B> m(store, small_sasrec());
+    xrec_test::randomize_dense(store, 4, file_tag, 0.5);
+    const std::vector<std::int64_t> ids = {-1, 3, 1, 4, 1};
+    infer_ctx<float, B> ic;
+    const var<float> st = m.state(ic, ids);
+    const var<float> sc = m.scores(ic, st);
+    const std::vector<std::int32_t> exclude = {1, 3, 4};
+    std::vector<std::int32_t> expect;
+    for (std::int32_t i = 0; i < 9; ++i)
+        if (!std::binary_search(exclude.begin(), exclude.end(), i)) expect.push_back(i);
+    std::stable_sort(expect.begin(), expect.end(), [&](std::int32_t a, std::int32_t b) { return sc.data[a] > sc.data[b]; });
+    expect.resize(3);
+    const auto e = m.item_embeddings();
+    std::vector<std::int32_t> got(3);
+    std::vector<float> got_s(3);
+    serve::top_k_workspace ws;
+    serve::top_k<B>(std::span<const float>(st.data, 4), e.data, e.rows(), e.cols(), 3, exclude, got, got_s, ws);
+    CHECK(got == expect);
+    for (int k = 0; k < 3; ++k) CHECK(got_s[static_cast<std::size_t>(k)] == doctest::Approx(sc.data[got[static_cast<std::size_t>(k)]]).epsilon(1e-5));
 }
