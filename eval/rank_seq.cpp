@@ -316,10 +316,12 @@ int run_amazon(const args_t& a) {
             const double te = now();
             const loo_metrics v = evaluate_loo(sp.train, sp.valid, n, score_valid);
             const double es = now() - te;
-            std::printf("  seed %llu epoch %lld: loss %.4f, valid HR@10 %.4f NDCG@10 %.4f (train %.0f s, eval %.0f s)\n",
-                        static_cast<unsigned long long>(seed), static_cast<long long>(e), loss, v.hr, v.ndcg, train_s, es);
-            std::fflush(stdout);
             last_test = evaluate_loo(sp.train_valid, sp.test, n, score_test);
+            std::printf("  seed %llu epoch %lld: loss %.4f, valid HR@10 %.4f NDCG@10 %.4f, test HR@10 %.4f NDCG@10 %.4f "
+                        "(train %.0f s, eval %.0f s)\n",
+                        static_cast<unsigned long long>(seed), static_cast<long long>(e), loss, v.hr, v.ndcg,
+                        last_test.hr, last_test.ndcg, train_s, es);
+            std::fflush(stdout);
             if (v.ndcg > best) {
                 best = v.ndcg;
                 best_epoch = e;
