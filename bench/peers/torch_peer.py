@@ -27,6 +27,10 @@ Case names are xrec_bench's (bench/run.py passes them):
   requires grad (dv, dx0, dx), as in ours
   topk_infer/n<n>/d<d>/k<k>                torch.topk(items @ q, k) (bench/peers/top_k_peer.py)
   topk_batch_infer/q<m>/n<n>/d<d>/k<k>     torch.topk(Q @ items.T, k, dim=1)
+  sasrec_infer/n<n>/d<D>/t<T>/b<blocks>/h<heads>/len<L>/k<k>   one user's SASRec request:
+                                           the forward over the last L items, then
+                                           torch.topk(E @ h, k) (bench/peers/sasrec_peer.py)
+  sasrec_fwd_infer/n<n>/d<D>/t<T>/b<blocks>/h<heads>/len<L>    the forward alone
 
 Threads: *_infer cases run on 1 thread (xrec's infer_ctx runs on the calling thread),
 *_train cases on --threads (xrec's train_ctx pool); torch.set_num_threads is set per case.
@@ -52,6 +56,7 @@ import torch
 import torch.nn as nn
 
 from top_k_peer import TOPK_KINDS, topk_case  # noqa: E402  (bench/peers/ is on sys.path: this script's folder)
+from sasrec_peer import SASREC_KINDS, sasrec_case  # noqa: E402
 
 
 def blas_info():
@@ -168,6 +173,9 @@ def make_case(name, train_threads):
 
     if kind in TOPK_KINDS:
         return topk_case(kind, args, threads)
+
+    if kind in SASREC_KINDS:
+        return sasrec_case(kind, args, threads)
 
     raise ValueError(f"unknown case kind '{kind}'")
 
