@@ -169,13 +169,13 @@ class TwoTower(nn.Module):
 
     @staticmethod
     def _bag(bag, csr, ids):
+        """Mean bag over the features of each id (the CSR rows of `ids`, gathered)."""
         off, val, _ = csr
-        starts, ends = off[ids], off[ids + 1]
-        lens = ends - starts
-        values = torch.cat([val[s:e] for s, e in zip(starts.tolist(), ends.tolist())]) if lens.sum() > 0 else \
-            torch.zeros(0, dtype=torch.int64)
+        starts, lens = off[ids], off[ids + 1] - off[ids]
         offsets = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(lens, 0)])
-        return bag(values, offsets)
+        total = int(offsets[-1])
+        pos = torch.arange(total) - torch.repeat_interleave(offsets[:-1], lens) + torch.repeat_interleave(starts, lens)
+        return bag(val[pos], offsets)
 
     def user_vectors(self, users):
         x = self.user(users)
