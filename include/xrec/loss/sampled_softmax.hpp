@@ -28,6 +28,19 @@ struct in_batch_softmax_options {
 };
 
 namespace detail {
+/// <a, b> over n elements with 8 partial sums (lane l takes the elements k = l mod 8, then
+/// the lanes are added in order): a fixed summation order that the compiler can keep in
+/// one vector register, where a single running sum would stay scalar without -ffast-math.
+template <class T>
+inline T dot8(const T* a, const T* b, std::int64_t n) {
+    T acc[8] = {};
+    std::int64_t k = 0;
+    for (; k + 8 <= n; k += 8)
+        for (int l = 0; l < 8; ++l) acc[l] += a[k + l] * b[k + l];
+    for (; k < n; ++k) acc[k & 7] += a[k] * b[k];
+    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
 /// Backward of in_batch_softmax. Saves the two towers' outputs U, V [N, D] and the N x N
 /// softmax probabilities P (zero where masked) in the arena. With G = (P - I) / (N tau):
 ///     dU += G V,     dV += G^T U
@@ -119,19 +132,21 @@ var<T> in_batch_softmax(Ctx& ctx, const var<T>& users, const var<T>& items,
                     pr[j] = -std::numeric_limits<T>::infinity();
                     continue;
                 }
-                const T* vj = items.data + j * d;
-                T s = 0;
-                for (std::int64_t k = 0; k < d; ++k) s += ui[k] * vj[k];
+                T s = detail::dot8(ui, items.data + j * d, d);
                 s = s * inv_tau - (lq ? lq[j] : T(0));
                 pr[j] = s;
                 m = s > m ? s : m;
             }
             // Shifting by the row maximum keeps every exp in (0, 1]: no overflow.
+            const T target = pr[i];
             T sum = 0;
-            for (std::int64_t j = 0; j < n; ++j) sum += std::exp(pr[j] - m);
-            const T lse = m + std::log(sum);
-            row_loss[i] = static_cast<double>(lse) - static_cast<double>(pr[i]);
-            for (std::int64_t j = 0; j < n; ++j) pr[j] = std::exp(pr[j] - lse);  // exp(-inf) = 0: masked
+            for (std::int64_t j = 0; j < n; ++j) {
+                pr[j] = std::exp(pr[j] - m);  // exp(-inf) = 0: masked
+                sum += pr[j];
+            }
+            const T lse = m + std::log(sum), inv = T(1) / sum;
+            row_loss[i] = static_cast<double>(lse) - static_cast<double>(target);
+            for (std::int64_t j = 0; j < n; ++j) pr[j] *= inv;
         }
     });
     double acc = 0;
