@@ -505,6 +505,37 @@ TEST_CASE("cf trainer: a pure function of the seed; the batch log holds every ba
         CHECK(batches == 2 * ((np * per + 31) / 32));
         MESSAGE(std::string(train::cf_loss_name(kind)), ": ", batches, " batches, ", rows, " rows logged over 2 epochs");
     }
+    // in_batch_softmax: the log holds every positive once per epoch with log q = log(count / total).
+    {
+        xrec_test::temp_file log("cf_softmax_batches.bin", "");
+        param_store<float, B> s(7);
+        models::two_tower<float, B> m(s, {.n_users = d.n_users, .n_items = d.n_items, .id_dim = 4,
+                                          .user_tower = {.hidden = {}, .out = 0}, .item_tower = {.hidden = {}, .out = 0}});
+        train::cf_trainer<models::two_tower<float, B>> t(
+            m, s, {.loss = train::cf_loss::in_batch_softmax, .epochs = 1, .batch_size = 50, .batch_log = log.str()});
+        t.fit(data);
+        std::ifstream in(log.path, std::ios::binary);
+        char magic[8];
+        in.read(magic, 8);
+        std::int32_t head[3];
+        std::int64_t rows = 0;
+        double worst = 0;
+        while (in.read(reinterpret_cast<char*>(head), sizeof head)) {
+            CHECK(head[0] == 2);
+            std::vector<std::int32_t> u(static_cast<std::size_t>(head[2])), it(u.size());
+            std::vector<double> lq(u.size());
+            in.read(reinterpret_cast<char*>(u.data()), head[2] * 4);
+            in.read(reinterpret_cast<char*>(it.data()), head[2] * 4);
+            in.read(reinterpret_cast<char*>(lq.data()), head[2] * 8);
+            for (std::size_t r = 0; r < u.size(); ++r) {
+                const double ref = std::log(t.item_counts()[static_cast<std::size_t>(it[r])] / static_cast<double>(d.items.size()));
+                worst = std::max(worst, std::fabs(lq[r] - ref));
+            }
+            rows += head[2];
+        }
+        CHECK(rows == static_cast<std::int64_t>(d.items.size()));
+        CHECK(worst < 1e-6);
+    }
     // NaN: a poisoned row makes the loss and its gradient NaN; the error names the table.
     param_store<float, B> s(7);
     models::mf<float, B> m(s, {.n_users = d.n_users, .n_items = d.n_items, .dim = 4});
