@@ -62,7 +62,13 @@ namespace {
 
 namespace fs = std::filesystem;
 using namespace xrec;
+// Float32 as the peer's default; built with -DXREC_RANK_CF_DOUBLE (target rank_cf_double) every
+// model trains in double, for the double-precision parity run of a chaotic case.
+#ifdef XREC_RANK_CF_DOUBLE
+using T = double;
+#else
 using T = float;
+#endif
 using B = cpu<>;
 
 struct args {
