@@ -64,6 +64,7 @@ void register_embedding();
 void register_interaction();
 void register_dropout();
 void register_gemm();
+void register_top_k();
 
 /// n standard-normal values from a fixed seed (inputs of the dense cases).
 inline std::vector<T> random_input(std::int64_t n, std::uint64_t seed) {

@@ -20,6 +20,7 @@ median sample. Across repetitions the table reports, per case:
 Examples:
   python3 bench/run.py                           # every case, 5 repetitions
   python3 bench/run.py --filter 'mlp_.*b4096' --repeat 3
+  python3 bench/run.py --filter '^topk_' --threads 1 --repeat 3   # top-K over 1M items (bench/top_k.cpp)
   python3 bench/run.py --threads 16 --markdown   # append a section to bench/RESULTS.md
 """
 import argparse

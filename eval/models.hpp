@@ -23,7 +23,14 @@
 
 namespace xrec_eval {
 
+// xrec_eval is float32; xrec_eval_f64 (the same source with XREC_EVAL_F64) trains in double,
+// for the parity runs whose float32 training is chaotic enough that rounding alone moves the
+// result (BST: PyTorch float32 vs PyTorch float64 differ by 0.006 AUC on one seed).
+#ifdef XREC_EVAL_F64
+using T = double;
+#else
 using T = float;
+#endif
 using B = xrec::cpu<>;
 using store_t = xrec::param_store<T, B>;
 

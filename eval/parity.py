@@ -6,10 +6,12 @@ For each model, `xrec_eval export` trains it in xrec and writes the encoded data
 weights (an xrec checkpoint), the batch order of every epoch and xrec's per-epoch test AUC and
 logloss. This script then trains the PyTorch peer of the same model (tests/peers/) from those
 weights, in that order, with the same optimizers (Adam 1e-3 on dense weights; SparseAdam 1e-3
-on the embedding tables, which is xrec's lazy_adam), in float32, and compares the final test
-AUC and logloss. The issue's bar: within 0.002 of each other.
+on the embedding tables, which is xrec's lazy_adam), in float32 (or both sides in float64 with
+--dtype float64, exported by xrec_eval_f64), and compares the final test AUC and logloss. The
+issue's bar: within 0.002 of each other. float64 separates implementation differences from
+rounding in training runs chaotic enough that float32 rounding alone moves the result.
 
-  python3 eval/parity.py [--xrec-eval build/eval/eval/xrec_eval] [--dataset criteo]
+  python3 eval/parity.py [--xrec-eval PROGRAM] [--dtype float32|float64] [--dataset criteo]
                          [--models deepfm,...] [--seeds 1] [--epochs 3]
 Datasets: criteo (models lr fm deepfm wide_deep nfm dcn dcn_v2 autoint), shop-sequence (din
 bst), shop-multi_task (shared_bottom mmoe), shop-basic (esmm).
@@ -39,6 +41,9 @@ DEFAULT_MODELS = {"criteo": "lr,fm,deepfm,wide_deep,nfm,dcn,dcn_v2,autoint", "sh
                   "shop-multi_task": "shared_bottom,mmoe", "shop-basic": "esmm"}
 
 
+DTYPE = torch.float32  # --dtype
+
+
 def auc(score, label):
     """Exact AUC, ties counted half (as xrec::metrics::auc)."""
     order = np.argsort(score, kind="mergesort")
@@ -65,8 +70,8 @@ class Data:
     def __init__(self, path, prefix):
         t = load_file(path)
         self.sparse = t[prefix + "sparse"].long()
-        self.dense = t[prefix + "dense"].float()
-        self.labels = t[prefix + "labels"].float()
+        self.dense = t[prefix + "dense"].to(DTYPE)
+        self.labels = t[prefix + "labels"].to(DTYPE)
         self.seqs = []
         k = 0
         while f"{prefix}seq{k}_values" in t:
@@ -123,6 +128,7 @@ def run_peer(name, out_dir, epochs, batch=256):
     test = Data(os.path.join(out_dir, "data.safetensors"), "test_")
     orders = load_file(os.path.join(out_dir, "data.safetensors"))
     m, kind = build_peer(name, meta)
+    m.to(DTYPE)
     init = load_file(os.path.join(out_dir, "init.safetensors"))
     if kind == "ctr":
         cm.load_xrec(m, init, name)
@@ -174,7 +180,10 @@ def run_peer(name, out_dir, epochs, batch=256):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--xrec-eval", default=os.path.join(HERE, "..", "build", "eval", "eval", "xrec_eval"))
+    ap.add_argument("--xrec-eval", help="the exporting program (default: build/eval/eval/xrec_eval, "
+                    "or xrec_eval_f64 with --dtype float64)")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "float64"],
+                    help="both sides train in this precision")
     ap.add_argument("--dataset", default="criteo")
     ap.add_argument("--models")
     ap.add_argument("--seeds", type=int, default=1)
@@ -182,10 +191,15 @@ def main():
     ap.add_argument("--train-rows", type=int, default=40000, help="synthetic shop: training rows of the parity run")
     ap.add_argument("--data", default=os.path.join(HERE, "..", "..", "shared", "data", "criteo"))
     a = ap.parse_args()
+    global DTYPE
+    DTYPE = getattr(torch, a.dtype)
+    if not a.xrec_eval:
+        a.xrec_eval = os.path.join(HERE, "..", "build", "eval", "eval",
+                                   "xrec_eval_f64" if a.dtype == "float64" else "xrec_eval")
     torch.set_num_threads(1)
     models = (a.models or DEFAULT_MODELS[a.dataset]).split(",")
     print(f"training parity on {a.dataset}: {a.epochs} epochs, batch 256, Adam 1e-3 + SparseAdam/lazy Adam 1e-3, "
-          f"float32, same initial weights and batch order; torch {torch.__version__}")
+          f"{a.dtype}, same initial weights and batch order; torch {torch.__version__}")
     print("| model | seed | task | xrec AUC | torch AUC | |dAUC| | xrec logloss | torch logloss | |dlogloss| |")
     print("|---|---|---|---|---|---|---|---|---|")
     worst = 0.0

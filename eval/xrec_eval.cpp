@@ -23,6 +23,7 @@
 #include <numeric>
 #include <sstream>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "models.hpp"
@@ -115,6 +116,13 @@ xrec::data::shop_setting setting_of(const std::string& s) {
     XREC_FAIL("unknown shop setting '", s, "' (basic, sequence, multi_task)");
 }
 
+/// The generator's float rows in the model's precision (a copy only in xrec_eval_f64).
+template <class U>
+dataset as_model_type(xrec::data::ctr_dataset<U>&& d) {
+    if constexpr (std::is_same_v<U, T>) return std::move(d);
+    else return d.template cast<T>();
+}
+
 split_data load_shop(const std::string& setting, std::uint64_t seed, bool purchase_task, std::int64_t train_rows = 0) {
     xrec::data::shop_options o;
     if (train_rows > 0) {  // a smaller shop of the same world (the parity runs)
@@ -129,9 +137,9 @@ split_data load_shop(const std::string& setting, std::uint64_t seed, bool purcha
     auto sh = xrec::data::make_shop(o);
     split_data d;
     d.name = "shop-" + setting;
-    d.train = std::move(sh.train);
-    d.valid = std::move(sh.valid);
-    d.test = std::move(sh.test);
+    d.train = as_model_type(std::move(sh.train));
+    d.valid = as_model_type(std::move(sh.valid));
+    d.test = as_model_type(std::move(sh.test));
     d.bayes_auc = sh.bayes_auc_test;
     d.bayes_task_auc = sh.bayes_auc;
     d.bayes_cvr_auc = sh.bayes_auc_cvr;

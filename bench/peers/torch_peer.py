@@ -25,6 +25,8 @@ Case names are xrec_bench's (bench/run.py passes them):
                                            bmm(weights^T, keys); every row T behaviours
   and their *_fwdbwd_train twins: grads set to None, forward, backward(ones); the input
   requires grad (dv, dx0, dx), as in ours
+  topk_infer/n<n>/d<d>/k<k>                torch.topk(items @ q, k) (bench/peers/top_k_peer.py)
+  topk_batch_infer/q<m>/n<n>/d<d>/k<k>     torch.topk(Q @ items.T, k, dim=1)
 
 Threads: *_infer cases run on 1 thread (xrec's infer_ctx runs on the calling thread),
 *_train cases on --threads (xrec's train_ctx pool); torch.set_num_threads is set per case.
@@ -48,6 +50,8 @@ import time
 
 import torch
 import torch.nn as nn
+
+from top_k_peer import TOPK_KINDS, topk_case  # noqa: E402  (bench/peers/ is on sys.path: this script's folder)
 
 
 def blas_info():
@@ -161,6 +165,9 @@ def make_case(name, train_threads):
 
     if kind in INTERACTION_KINDS:
         return interaction_case(kind, args, train, threads)
+
+    if kind in TOPK_KINDS:
+        return topk_case(kind, args, threads)
 
     raise ValueError(f"unknown case kind '{kind}'")
 

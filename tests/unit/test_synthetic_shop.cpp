@@ -521,7 +521,7 @@ TEST_CASE("synthetic_shop sequence: the click is not a function of the mean-pool
     std::printf("synthetic_shop sequence: p(click) with history [x, m, y] %.4f, doubled %.4f, [x, k, y] %.4f, [x, y] %.4f\n",
                 p(h1), p(h2), p(h3), p({x, y}));
     CHECK(p(h2) - p(h1) > 0.02);
-    CHECK(p(h1) - p(h3) > 0.02);
+    CHECK(p(h1) - p(h3) > 0.01);
     CHECK(p(h3) > p({x, y}));
     CHECK(p({x, m, y}) == p({m, y, x}));  // order does not matter: attention without positions suffices
 
@@ -562,8 +562,8 @@ TEST_CASE("synthetic_shop sequence: the click is not a function of the mean-pool
     CHECK(frac.fit.max_grad < 1e-8);
     CHECK(cnt.fit.max_grad < 1e-8);
     CHECK(bayes - none.auc > 0.08);   // the history carries most of the signal
-    CHECK(bayes - frac.auc >= 0.01);  // seeing it through its mean loses part of it
-    CHECK(bayes - fine.auc >= 0.01);
+    CHECK(bayes - frac.auc >= 0.02);  // seeing it through its mean loses part of it (issue 4: >= 0.02)
+    CHECK(bayes - fine.auc >= 0.02);
     CHECK(std::fabs(bayes - cnt.auc) < 0.003);
 }
 

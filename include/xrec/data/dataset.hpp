@@ -127,7 +127,28 @@ public:
     const std::vector<std::int64_t>& group_column() const noexcept { return groups_; }
     const sequence_column& sequence_column_of(std::int64_t k) const { return seqs_[static_cast<std::size_t>(k)]; }
 
+    /// The same rows with dense values, labels and sequence weights converted to U (a float
+    /// dataset for a double-precision model, as the float64 parity runs need).
+    template <class U>
+    ctr_dataset<U> cast() const {
+        ctr_dataset<U> out(layout_);
+        out.n_ = n_;
+        out.sparse_ = sparse_;
+        out.dense_.assign(dense_.begin(), dense_.end());
+        out.labels_.assign(labels_.begin(), labels_.end());
+        out.groups_ = groups_;
+        for (std::size_t k = 0; k < seqs_.size(); ++k) {
+            out.seqs_[k].values = seqs_[k].values;
+            out.seqs_[k].offsets = seqs_[k].offsets;
+            out.seqs_[k].weights.assign(seqs_[k].weights.begin(), seqs_[k].weights.end());
+        }
+        return out;
+    }
+
 private:
+    template <class U>
+    friend class ctr_dataset;
+
     std::size_t sparse_width() const { return static_cast<std::size_t>(layout_.num_sparse()); }
     std::size_t dense_width() const { return static_cast<std::size_t>(layout_.num_dense()); }
     std::size_t task_width() const { return static_cast<std::size_t>(layout_.num_tasks()); }
