@@ -221,8 +221,9 @@ def main():
                         trained[need] = p
                 m.init_from(trained["gmf"], trained["ncf_mlp"], 0.5)
                 got = cf.to_xrec(m, prefix)
-                diff = max((got[k].double() - init[k].double()).abs().max().item() for k in got)
-                note = f"start vs xrec's pretrained start: max |diff| {diff:.2e}"
+                part = lambda tag: max((got[k].double() - init[k].double()).abs().max().item() for k in got if tag in k)
+                note = (f"start vs xrec's pretrained start: max |diff| gmf part {part('.gmf.'):.2e}, "
+                        f"mlp part {part('.mlp.'):.2e}, output {part('.out.'):.2e}")
             else:
                 cf.load_xrec(m, init, prefix)
             steps = train(m, stem + "_batches.bin", settings, dtype)
