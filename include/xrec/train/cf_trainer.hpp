@@ -355,8 +355,7 @@ private:
             if (log_) write_batch(epoch, begin, rows);
             ctx_.backward(loss);
             if (o_.check_finite) check_gradients(lv, epoch);
-            std::visit([](auto& opt) { step_of(opt); }, dense_);
-            std::visit([](auto& opt) { step_of(opt); }, sparse_);
+            opt_.step();
             store_->zero_grad();
             ctx_.reset();
             return lv;
@@ -390,55 +389,12 @@ private:
         XREC_CHECK(log_->good(), "cf_trainer: writing the batch log '", o_.batch_log, "' failed");
     }
 
-    template <class O>
-    static void step_of(O& opt) {
-        if constexpr (!std::is_same_v<O, std::monostate>) opt.step();
-    }
 
     void make_optimizers() {
-        const double wd = o_.weight_decay, swd = o_.sparse_weight_decay;
-        switch (o_.dense) {
-            case dense_optimizer::adam:
-                dense_.template emplace<optim::adam<T, B>>(*store_, optim::adam_options{.lr = o_.dense_lr, .weight_decay = wd});
-                break;
-            case dense_optimizer::adamw: {
-                auto a = optim::adamw_defaults();
-                a.lr = o_.dense_lr;
-                a.weight_decay = wd;
-                dense_.template emplace<optim::adamw<T, B>>(*store_, a);
-                break;
-            }
-            case dense_optimizer::sgd:
-                dense_.template emplace<optim::sgd<T, B>>(*store_, optim::sgd_options{.lr = o_.dense_lr, .weight_decay = wd});
-                break;
-        }
-        switch (o_.sparse) {
-            case sparse_optimizer::rowwise_adagrad:
-                sparse_.template emplace<optim::rowwise_adagrad<T, B>>(
-                    *store_, optim::rowwise_adagrad_options{.lr = o_.sparse_lr, .weight_decay = swd});
-                break;
-            case sparse_optimizer::sparse_adagrad:
-                sparse_.template emplace<optim::sparse_adagrad<T, B>>(
-                    *store_, optim::sparse_adagrad_options{.lr = o_.sparse_lr, .weight_decay = swd});
-                break;
-            case sparse_optimizer::lazy_adam:
-                sparse_.template emplace<optim::lazy_adam<T, B>>(
-                    *store_, optim::lazy_adam_options{.lr = o_.sparse_lr, .weight_decay = swd});
-                break;
-            case sparse_optimizer::sparse_sgd:
-                sparse_.template emplace<optim::sparse_sgd<T, B>>(
-                    *store_, optim::sparse_sgd_options{.lr = o_.sparse_lr, .weight_decay = swd});
-                break;
-            case sparse_optimizer::ftrl:
-                sparse_.template emplace<optim::ftrl<T, B>>(*store_, optim::ftrl_options{.alpha = o_.sparse_lr, .l2 = swd});
-                break;
-        }
-        std::visit([&](auto& opt) {
-            if constexpr (!std::is_same_v<std::decay_t<decltype(opt)>, std::monostate>) opt.set_pool(ctx_.pool());
-        }, dense_);
-        std::visit([&](auto& opt) {
-            if constexpr (!std::is_same_v<std::decay_t<decltype(opt)>, std::monostate>) opt.set_pool(ctx_.pool());
-        }, sparse_);
+        opt_.make(*store_,
+                  optimizer_settings{o_.dense, o_.dense_lr, o_.weight_decay, 0.0, o_.sparse, o_.sparse_lr,
+                                     o_.sparse_weight_decay},
+                  ctx_.pool());
     }
 
     static const char* value_str(double v) { return std::isnan(v) ? "nan" : v > 0 ? "inf" : "-inf"; }
@@ -468,10 +424,7 @@ private:
     param_store<T, B>* store_;
     cf_trainer_options o_;
     train_ctx<T, B> ctx_;
-    std::variant<std::monostate, optim::adam<T, B>, optim::adamw<T, B>, optim::sgd<T, B>> dense_;
-    std::variant<std::monostate, optim::rowwise_adagrad<T, B>, optim::sparse_adagrad<T, B>, optim::lazy_adam<T, B>,
-                 optim::sparse_sgd<T, B>, optim::ftrl<T, B>>
-        sparse_;
+    optimizer_set<T, B> opt_;
     bool prepared_ = false;
     std::int32_t n_items_ = 0;
     double total_ = 0;

@@ -37,6 +37,7 @@
 #include "xrec/optim/sgd.hpp"
 #include "xrec/optim/sparse_adagrad.hpp"
 #include "xrec/optim/sparse_sgd.hpp"
+#include "xrec/train/optimizers.hpp"
 #include "xrec/train/progress.hpp"
 
 namespace xrec::train {
@@ -50,10 +51,6 @@ concept batch_source = requires(S& s, batch<T>& b, std::int64_t e) {
     { s.next(b) } -> std::convertible_to<bool>;
 };
 
-/// The optimizer of the dense flat buffer (every parameter that is not an embedding table).
-enum class dense_optimizer { adam, adamw, sgd };
-/// The optimizer of the embedding tables (sparse row updates).
-enum class sparse_optimizer { rowwise_adagrad, sparse_adagrad, lazy_adam, sparse_sgd, ftrl };
 /// The validation metric early stopping and the best checkpoint follow (of one task).
 /// AUC and group AUC improve upwards, logloss downwards.
 enum class metric { auc, gauc, logloss };
@@ -283,8 +280,7 @@ public:
             if (o_.check_finite) check_gradients(lv, epoch);
             if (o_.clip_grad_norm > 0) optim::clip_grad_norm(*store_, o_.clip_grad_norm);
             if (o_.check_finite) remember_touched_rows();
-            std::visit([](auto& opt) { step_of(opt); }, dense_);
-            std::visit([](auto& opt) { step_of(opt); }, sparse_);
+            opt_.step();
             if (o_.check_finite) check_values(epoch);
             store_->zero_grad();
             ctx_.reset();
@@ -312,8 +308,8 @@ public:
     /// The state tensors of both optimizers (step counters, moments, accumulators).
     std::vector<named_tensor<T>> optimizer_state() {
         std::vector<named_tensor<T>> out;
-        std::visit([&](auto& opt) { append_state(out, opt); }, dense_);
-        std::visit([&](auto& opt) { append_state(out, opt); }, sparse_);
+        std::visit([&](auto& opt) { append_state(out, opt); }, opt_.dense);
+        std::visit([&](auto& opt) { append_state(out, opt); }, opt_.sparse);
         return out;
     }
 
@@ -335,7 +331,7 @@ public:
                 if (id >= 0) std::fill(t.row(id), t.row(id) + t.dim, T(0));
         }
         std::vector<named_tensor<T>> st;
-        std::visit([&](auto& opt) { append_state(st, opt); }, sparse_);
+        std::visit([&](auto& opt) { append_state(st, opt); }, opt_.sparse);
         for (auto& nt : st) {
             if (nt.s.rank != 2 || nt.s[0] <= top) continue;
             bool ours = false;
@@ -356,10 +352,6 @@ public:
 
 private:
     template <class O>
-    static void step_of(O& opt) {
-        if constexpr (!std::is_same_v<O, std::monostate>) opt.step();
-    }
-    template <class O>
     static void append_state(std::vector<named_tensor<T>>& out, O& opt) {
         if constexpr (!std::is_same_v<O, std::monostate>) {
             auto s = opt.state();
@@ -368,50 +360,10 @@ private:
     }
 
     void make_optimizers() {
-        const double wd = o_.weight_decay, swd = o_.sparse_weight_decay;
-        switch (o_.dense) {
-            case dense_optimizer::adam:
-                dense_.template emplace<optim::adam<T, B>>(*store_, optim::adam_options{.lr = o_.dense_lr, .weight_decay = wd});
-                break;
-            case dense_optimizer::adamw: {
-                auto a = optim::adamw_defaults();
-                a.lr = o_.dense_lr;
-                a.weight_decay = wd;
-                dense_.template emplace<optim::adamw<T, B>>(*store_, a);
-                break;
-            }
-            case dense_optimizer::sgd:
-                dense_.template emplace<optim::sgd<T, B>>(
-                    *store_, optim::sgd_options{.lr = o_.dense_lr, .momentum = o_.sgd_momentum, .weight_decay = wd});
-                break;
-        }
-        switch (o_.sparse) {
-            case sparse_optimizer::rowwise_adagrad:
-                sparse_.template emplace<optim::rowwise_adagrad<T, B>>(
-                    *store_, optim::rowwise_adagrad_options{.lr = o_.sparse_lr, .weight_decay = swd});
-                break;
-            case sparse_optimizer::sparse_adagrad:
-                sparse_.template emplace<optim::sparse_adagrad<T, B>>(
-                    *store_, optim::sparse_adagrad_options{.lr = o_.sparse_lr, .weight_decay = swd});
-                break;
-            case sparse_optimizer::lazy_adam:
-                sparse_.template emplace<optim::lazy_adam<T, B>>(
-                    *store_, optim::lazy_adam_options{.lr = o_.sparse_lr, .weight_decay = swd});
-                break;
-            case sparse_optimizer::sparse_sgd:
-                sparse_.template emplace<optim::sparse_sgd<T, B>>(
-                    *store_, optim::sparse_sgd_options{.lr = o_.sparse_lr, .weight_decay = swd});
-                break;
-            case sparse_optimizer::ftrl:
-                sparse_.template emplace<optim::ftrl<T, B>>(*store_, optim::ftrl_options{.alpha = o_.sparse_lr, .l2 = swd});
-                break;
-        }
-        std::visit([&](auto& opt) {
-            if constexpr (!std::is_same_v<std::decay_t<decltype(opt)>, std::monostate>) opt.set_pool(ctx_.pool());
-        }, dense_);
-        std::visit([&](auto& opt) {
-            if constexpr (!std::is_same_v<std::decay_t<decltype(opt)>, std::monostate>) opt.set_pool(ctx_.pool());
-        }, sparse_);
+        opt_.make(*store_,
+                  optimizer_settings{o_.dense, o_.dense_lr, o_.weight_decay, o_.sgd_momentum, o_.sparse, o_.sparse_lr,
+                                     o_.sparse_weight_decay},
+                  ctx_.pool());
     }
 
     static std::string layer_of(const std::string& name) {
@@ -607,10 +559,7 @@ private:
     trainer_options o_;
     train_ctx<T, B> ctx_;
     infer_ctx<T, B> ictx_;
-    std::variant<std::monostate, optim::adam<T, B>, optim::adamw<T, B>, optim::sgd<T, B>> dense_;
-    std::variant<std::monostate, optim::rowwise_adagrad<T, B>, optim::sparse_adagrad<T, B>, optim::lazy_adam<T, B>,
-                 optim::sparse_sgd<T, B>, optim::ftrl<T, B>>
-        sparse_;
+    optimizer_set<T, B> opt_;
     std::vector<std::vector<std::int64_t>> touched_;
     std::vector<T> prob_;
     std::int64_t step_ = 0, tasks_ = 0;
