@@ -15,6 +15,7 @@
 //                 [--epochs N] [--eval-every K] [--seeds 1,2,3] [--threads N] [--batch B]
 //                 [--lr X] [--dropout P] [--hidden H] [--n-sample S] [--bpreg R]
 //                 [--buckets K (sasrec: length-bucketed batches over chunks of K batches, 0 off; 50)]
+//                 [--block pre_norm|reference (sasrec's block form; pre_norm)]
 //                 [--export DIR] [--data DIR]
 #include <algorithm>
 #include <chrono>
@@ -45,7 +46,7 @@ using T = float;
 namespace {
 
 struct args_t {
-    std::string dataset = "beauty", model = "sasrec", loss = "bce", data_dir, export_dir;
+    std::string dataset = "beauty", model = "sasrec", loss = "bce", block = "pre_norm", data_dir, export_dir;
     std::int64_t epochs = 0, eval_every = 10, buckets = 50, batch = 0, hidden = 0, n_sample = 2048;
     std::vector<std::uint64_t> seeds = {1};
     int threads = 1;
@@ -74,6 +75,7 @@ args_t parse(int argc, char** argv) {
         else if (k == "--lr") a.lr = std::stod(v());
         else if (k == "--dropout") a.dropout = std::stod(v());
         else if (k == "--bpreg") a.bpreg = std::stod(v());
+        else if (k == "--block") a.block = v();
         else if (k == "--export") a.export_dir = v();
         else if (k == "--data") a.data_dir = v();
         else if (k == "--seeds") {
@@ -336,12 +338,15 @@ int run_amazon(const args_t& a) {
             o.blocks = 2;
             o.heads = 1;
             o.dropout = a.dropout >= 0 ? a.dropout : 0.5;
+            XREC_CHECK(a.block == "pre_norm" || a.block == "reference", "rank_seq: --block must be pre_norm or reference, got ",
+                       a.block);
+            o.block = a.block == "reference" ? models::sasrec_block::reference : models::sasrec_block::pre_norm;
             models::sasrec<T, B> m(store, o);
             to.batch_size = a.batch > 0 ? a.batch : 128;
             to.beta2 = 0.98;  // the SASRec reference's Adam
             to.length_buckets = a.buckets;
             if (!a.export_dir.empty()) io::save_checkpoint(a.export_dir + "/init.safetensors", store);
-            export_config(a, "dim 64\nmax_len 50\nblocks 2\nheads 1\ndropout " + std::to_string(o.dropout) +
+            export_config(a, "dim 64\nmax_len 50\nblocks 2\nheads 1\nblock " + a.block + "\ndropout " + std::to_string(o.dropout) +
                                  "\nbatch " + std::to_string(to.batch_size) + "\nbeta2 0.98\nn_items " +
                                  std::to_string(n) + "\n");
             const auto lk = a.loss == "ce" ? train::sasrec_loss::softmax_ce : train::sasrec_loss::bce;

@@ -180,7 +180,7 @@ def main():
     lr = float(cfg["lr"])
     if cfg["model"] == "sasrec":
         m = P.SASRec(n_items, dim=int(cfg["dim"]), max_len=int(cfg["max_len"]), blocks=int(cfg["blocks"]),
-                     heads=int(cfg["heads"]), dropout=float(cfg["dropout"]))
+                     heads=int(cfg["heads"]), dropout=float(cfg["dropout"]), block=cfg.get("block", "pre_norm"))
         betas = (0.9, float(cfg.get("beta2", 0.999)))
     else:
         m = P.GRU4Rec(n_items, hidden=int(cfg["hidden"]))

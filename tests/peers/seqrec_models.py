@@ -5,8 +5,9 @@ runs (eval/seq_parity.py).
 
 Name map (xrec checkpoint name <-> this module's state_dict key): xrec "<name>.<key>" ==
 torch "<key>" for every parameter, with <name> "sasrec" or "gru4rec" (the options' name).
-Transformer blocks are torch.nn.TransformerEncoderLayer(norm_first=True) and the GRU is
-torch.nn.GRU, so their keys are PyTorch's own:
+Transformer blocks are torch.nn.TransformerEncoderLayer(norm_first=True) (run as such for
+block="pre_norm", or through their sub-modules in the SASRec reference code's form for
+block="reference") and the GRU is torch.nn.GRU, so their keys are PyTorch's own:
   sasrec:  item_emb [n, D], pos_emb.weight [T, D], blocks.<l>.self_attn.in_proj_weight ...,
            last_norm.weight / .bias
   gru4rec: item_emb [n, E] (only with a separate input embedding), gru.weight_ih_l<l> ...,
@@ -43,13 +44,18 @@ class _Named(nn.Module):
 
 
 class SASRec(_Named):
-    """xrec::models::sasrec: pre-norm transformer blocks (feed-forward width D, ReLU), final
-    layer norm, item embedding shared with the prediction layer, input scaled by sqrt(D)."""
+    """xrec::models::sasrec: transformer blocks (feed-forward width D, ReLU), final layer norm,
+    item embedding shared with the prediction layer, input scaled by sqrt(D). block:
+    "pre_norm" (a stock TransformerEncoderLayer(norm_first=True)) or "reference" (the SASRec
+    reference code's block, written here from its formula over the same sub-modules:
+    q = norm1(x); h = q + self_attn(q, x, x); n = norm2(h); y = n + dropout(FF(n)))."""
 
     prefix = "sasrec"
 
-    def __init__(self, n_items, dim=64, max_len=50, blocks=2, heads=1, dropout=0.5, eps=1e-8):
+    def __init__(self, n_items, dim=64, max_len=50, blocks=2, heads=1, dropout=0.5, eps=1e-8, block="pre_norm"):
         super().__init__()
+        assert block in ("pre_norm", "reference"), block
+        self.block = block
         self.n_items, self.dim, self.max_len, self.heads, self.dropout = n_items, dim, max_len, heads, dropout
         self.item_emb = nn.Parameter(torch.empty(n_items, dim))
         nn.init.xavier_normal_(self.item_emb)
@@ -78,8 +84,16 @@ class SASRec(_Named):
         allow = allow | (dead[..., None] & torch.eye(T, dtype=torch.bool)[None])
         mask = (~allow).repeat_interleave(self.heads, 0)  # True = may not attend
         for blk in self.blocks:
-            x = blk(x, src_mask=mask)
+            x = blk(x, src_mask=mask) if self.block == "pre_norm" else self._reference_block(blk, x, mask)
         return self.last_norm(x), first
+
+    def _reference_block(self, blk, x, mask):
+        q = blk.norm1(x)
+        h = q + blk.self_attn(q, x, x, attn_mask=mask, need_weights=False)[0]
+        n = blk.norm2(h)
+        p = self.dropout if self.training else 0.0
+        ff = blk.linear2(F.dropout(F.relu(blk.linear1(n)), p, self.training))
+        return n + F.dropout(ff, p, self.training)
 
     def state(self, ids):
         return self.encode(ids)[0][:, -1]

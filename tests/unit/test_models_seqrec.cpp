@@ -1,9 +1,11 @@
 // The sequential recommenders (sasrec, gru4rec), loss::bpr_max and the sequence trainers:
 //  - finite-difference gradient checks in double (default tolerance) of bpr_max and of both
-//    models' losses with respect to every parameter (and gru4rec's carried state);
+//    models' losses with respect to every parameter (and gru4rec's carried state; sasrec in
+//    both block forms);
 //  - parity with the PyTorch peers (tests/peers/seqrec_models.py) on
 //    tests/fixtures/seqrec_models.safetensors (gen_seqrec_model_fixtures.py): sasrec states,
-//    scores, BCE and softmax-CE losses and every gradient; gru4rec states, scores, BPR-max
+//    scores, BCE and softmax-CE losses and every gradient, for both block forms (pre_norm
+//    and the SASRec reference code's); gru4rec states, scores, BPR-max
 //    and CE losses and every gradient; bpr_max alone; double and float;
 //  - the causal mask hides the future: changing a later item leaves earlier outputs
 //    bit-identical;
@@ -47,8 +49,9 @@ const io::safetensors_file& fixture() {
     return f;
 }
 
-models::sasrec_options small_sasrec(double dropout = 0) {
+models::sasrec_options small_sasrec(double dropout = 0, models::sasrec_block block = models::sasrec_block::pre_norm) {
     models::sasrec_options o;
+    o.block = block;
     o.n_items = 9;
     o.dim = 4;
     o.max_len = 5;
@@ -171,7 +174,9 @@ TEST_CASE("bpr_max: gradcheck, PyTorch parity, bad inputs") {
                             {"bpr_max", "target 3"});
 }
 
-TEST_CASE("sasrec: gradcheck of the BCE and softmax-CE losses w.r.t. every parameter (double)") {
+TEST_CASE("sasrec: gradcheck of the BCE and softmax-CE losses w.r.t. every parameter (double), both block forms") {
+    for (auto form : {models::sasrec_block::pre_norm, models::sasrec_block::reference}) {
+    const bool ref = form == models::sasrec_block::reference;
     sasrec_batch_fixture fb;
     for (int trimmed = 0; trimmed < 2; ++trimmed)
     for (double p : {0.0, 0.3}) {
@@ -179,7 +184,7 @@ TEST_CASE("sasrec: gradcheck of the BCE and softmax-CE losses w.r.t. every param
             for (int t = 0; t < 2; ++t) fb.ids[static_cast<std::size_t>(t)] = fb.targets[static_cast<std::size_t>(t)] = -1;
         }
         param_store<double, B> store(3);
-        models::sasrec<double, B> m(store, small_sasrec(p));
+        models::sasrec<double, B> m(store, small_sasrec(p, form));
         xrec_test::randomize_dense(store, 5, file_tag, 0.5);
         for (int ce = 0; ce < 2; ++ce) {
             auto rep = testing::gradcheck<B>(
@@ -187,12 +192,13 @@ TEST_CASE("sasrec: gradcheck of the BCE and softmax-CE losses w.r.t. every param
                     return ce ? m.ce_loss(ctx, fb.ids, fb.targets) : m.bce_loss(ctx, fb.ids, fb.targets, fb.negatives);
                 },
                 {}, &store);
-            INFO("trimmed ", trimmed, " dropout ", p, std::string(ce ? " ce: " : " bce: "), rep.failures);
+            INFO(std::string(ref ? "reference" : "pre_norm"), " trimmed ", trimmed, " dropout ", p, std::string(ce ? " ce: " : " bce: "), rep.failures);
             CHECK(rep.ok);
             CHECK(rep.checked > 300);
-            MESSAGE("sasrec ", std::string(ce ? "ce" : "bce"), " dropout ", p, std::string(trimmed ? " (leading padding skipped)" : ""), " gradcheck: ", rep.checked, " scalars, max abs err ",
+            MESSAGE("sasrec ", std::string(ref ? "reference " : "pre_norm "), std::string(ce ? "ce" : "bce"), " dropout ", p, std::string(trimmed ? " (leading padding skipped)" : ""), " gradcheck: ", rep.checked, " scalars, max abs err ",
                     rep.max_abs_err, ", max rel err ", rep.max_rel_err);
         }
+    }
     }
 }
 
@@ -221,24 +227,26 @@ TEST_CASE("gru4rec: gradcheck of BPR-max and CE over candidates w.r.t. every par
     }
 }
 
-TEST_CASE_TEMPLATE("sasrec: parity with the PyTorch peer", T, double, float) {
+TEST_CASE_TEMPLATE("sasrec: parity with the PyTorch peer (both block forms)", T, double, float) {
     const auto& f = fixture();
     const sasrec_batch_fixture fb;
+    for (auto form : {models::sasrec_block::pre_norm, models::sasrec_block::reference}) {
+    const std::string c = form == models::sasrec_block::reference ? "sasrec_ref" : "sasrec";
     param_store<T, B> store(1);
-    models::sasrec<T, B> m(store, small_sasrec());
-    load_params<T>("sasrec", store);
+    models::sasrec<T, B> m(store, small_sasrec(0, form));
+    load_params<T>(c, store);
     double worst = 0;
     {
         train_ctx<T, B> ctx;
         const var<T> st = m.state(ctx, fb.ids);
-        REQUIRE(st.s == f.shape_of("sasrec/state"));
-        worst = std::max(worst, compare<T>("state", st.data, f.read<double>("sasrec/state")));
+        REQUIRE(st.s == f.shape_of(c + "/state"));
+        worst = std::max(worst, compare<T>(c + " state", st.data, f.read<double>(c + "/state")));
         const var<T> sc = m.scores(ctx, st);
-        REQUIRE(sc.s == f.shape_of("sasrec/scores"));
-        worst = std::max(worst, compare<T>("scores", sc.data, f.read<double>("sasrec/scores")));
+        REQUIRE(sc.s == f.shape_of(c + "/scores"));
+        worst = std::max(worst, compare<T>(c + " scores", sc.data, f.read<double>(c + "/scores")));
     }
     for (int ce = 0; ce < 2; ++ce) {
-        const std::string pre = ce ? "sasrec/ce" : "sasrec/bce";
+        const std::string pre = c + (ce ? "/ce" : "/bce");
         train_ctx<T, B> ctx;
         store.zero_grad();
         const var<T> l = ce ? m.ce_loss(ctx, fb.ids, fb.targets) : m.bce_loss(ctx, fb.ids, fb.targets, fb.negatives);
@@ -246,7 +254,8 @@ TEST_CASE_TEMPLATE("sasrec: parity with the PyTorch peer", T, double, float) {
         ctx.backward(l);
         worst = std::max(worst, compare_grads<T>(pre, store));
     }
-    MESSAGE("sasrec parity (", std::string(sizeof(T) == 4 ? "float" : "double"), "): worst error / tolerance = ", worst);
+    MESSAGE(c, " parity (", std::string(sizeof(T) == 4 ? "float" : "double"), "): worst error / tolerance = ", worst);
+    }
 }
 
 TEST_CASE_TEMPLATE("gru4rec: parity with the PyTorch peer", T, double, float) {
@@ -281,8 +290,10 @@ TEST_CASE_TEMPLATE("gru4rec: parity with the PyTorch peer", T, double, float) {
 }
 
 TEST_CASE("sasrec: the causal mask hides the future; skipping all-padding columns changes nothing") {
+    for (auto form : {models::sasrec_block::pre_norm, models::sasrec_block::reference}) {
+    INFO("reference form: ", form == models::sasrec_block::reference);
     param_store<double, B> store(8);
-    models::sasrec<double, B> m(store, small_sasrec());
+    models::sasrec<double, B> m(store, small_sasrec(0, form));
     xrec_test::randomize_dense(store, 2, file_tag, 0.5);
     std::vector<std::int64_t> a = {-1, 3, 1, 4, 1}, b = a;
     b[3] = 7;  // a later item changes
@@ -314,6 +325,7 @@ TEST_CASE("sasrec: the causal mask hides the future; skipping all-padding column
     std::vector<std::int64_t> shortrow(5);
     m.input_row<std::int64_t>(std::vector<std::int64_t>{4, 2}, shortrow);
     CHECK(shortrow == std::vector<std::int64_t>{-1, -1, -1, 4, 2});
+    }
 }
 
 TEST_CASE("session_parallel: inputs, targets, resets and shrinking on a hand example") {

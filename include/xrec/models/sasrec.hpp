@@ -23,12 +23,22 @@
 
 namespace xrec::models {
 
+/// The form of sasrec's transformer blocks (see sasrec's doc for the formulas).
+///  - pre_norm: the textbook pre-norm block, torch.nn.TransformerEncoderLayer(norm_first=True).
+///  - reference: the SASRec reference code's block (kang205/SASRec and pmixer's PyTorch
+///    port): the layer norm on the query only, the attention output added to the normalised
+///    query, then the point-wise feed-forward on its own normalised input with that input as
+///    residual.
+enum class sasrec_block { pre_norm, reference };
+
 /// Options of sasrec (defaults: the SASRec paper's settings for the sparse Amazon sets).
 ///  - name ["sasrec"]: prefix of every parameter name.
 ///  - n_items: items are 0 .. n_items - 1; -1 marks padding in an input.
 ///  - dim [64], max_len T [50], blocks [2], heads [1], dropout [0.5] (embedding, attention
-///    weights, feed-forward hidden layer and both residual branches), eps [1e-8] (every
+///    weights, feed-forward hidden layer and the residual branches), eps [1e-8] (every
 ///    layer norm, the reference code's value).
+///  - block [pre_norm]: the block form (sasrec_block). Both forms have the same parameters
+///    under the same names, so a checkpoint of one loads into the other.
 struct sasrec_options {
     std::string name = "sasrec";
     std::int64_t n_items = 0;
@@ -38,6 +48,7 @@ struct sasrec_options {
     std::int64_t heads = 1;
     double dropout = 0.5;
     double eps = 1e-8;
+    sasrec_block block = sasrec_block::pre_norm;
 };
 
 /// SASRec over left-padded item sequences.
@@ -47,16 +58,20 @@ struct sasrec_options {
 ///   x_0 = dropout(sqrt(D) E[ids] + P)                 E [n_items, D], P [T, D]; E[-1] = 0
 ///   x_l = block_l(x_{l-1})  (causal; padded positions masked as keys)
 ///   H   = layer_norm(x_L)                            [B, T, D]
-/// where block is layers::transformer_block with norm_first = true (pre-norm), feed-forward
-/// width D, ReLU:
-///   h = x + drop(MHA(LN1(x)));  y = h + drop(W2 drop(relu(W1 LN2(h))))
-/// The reference code (kang205/SASRec, and pmixer's PyTorch port) is "pre-norm-ish": it
-/// normalises only the query (Q = LN1(x); h = Q + MHA(Q, x, x)), so keys, values and the
-/// residual differ from a textbook pre-norm block. We follow the textbook pre-norm block
-/// (torch.nn.TransformerEncoderLayer(norm_first=True)) so that the PyTorch peer is a stock
-/// module; the final layer norm is the reference's. The reference also zeroes padded
-/// positions after every block; here padded positions are masked as keys instead, so they
-/// never reach a real position (their own outputs are never read).
+/// where block is, by options.block (feed-forward width D, ReLU, MHA with its output
+/// projection as torch.nn.MultiheadAttention, dropout on its attention weights):
+///  - pre_norm (layers::transformer_block with norm_first = true, a stock
+///    torch.nn.TransformerEncoderLayer(norm_first=True) in the peer):
+///      h = x + drop(MHA(LN1(x)));  y = h + drop(W2 drop(relu(W1 LN2(h))))
+///  - reference (the SASRec reference code, kang205/SASRec and pmixer's PyTorch port, which
+///    normalise only the query, so keys, values and both residuals differ from pre-norm):
+///      q = LN1(x);  h = q + MHA(q, x, x);  n = LN2(h);  y = n + drop(W2 drop(relu(W1 n)))
+///    (no dropout on the attention branch, as the reference). It uses the same sub-layers
+///    (and parameter names) as transformer_block: norm1, self_attn, norm2, linear1, linear2.
+/// The final layer norm is the reference's. The reference also zeroes padded positions
+/// after every block (its "timeline mask"); here padded positions are masked as keys
+/// instead, so they never reach a real position (their own outputs are never read), which
+/// makes the zeroing a no-op for every output that is read.
 ///
 /// Leading columns that are padding in every row of a batch are skipped by state() and the
 /// losses (positions keep their absolute index): the same outputs, at the cost of the
@@ -249,8 +264,21 @@ private:
         ops::attention_mask mask;
         mask.causal = true;
         mask.key_valid = {valid, static_cast<std::size_t>(nb * w)};
-        for (const auto& blk : blocks) x = blk(ctx, x, mask);
+        for (const auto& blk : blocks)
+            x = options.block == sasrec_block::reference ? reference_block(ctx, blk, x, mask) : blk(ctx, x, mask);
         return last_norm(ctx, x);
+    }
+
+    // The reference code's block (see the type's doc) over transformer_block's sub-layers.
+    template <class Ctx>
+    var<T> reference_block(Ctx& ctx, const layers::transformer_block<T, B>& blk, const var<T>& x,
+                           const ops::attention_mask& mask) const {
+        const double p = options.dropout;
+        const var<T> q = blk.norm1(ctx, x);
+        const var<T> h = ops::add(ctx, q, blk.self_attn(ctx, q, x, x, mask));
+        const var<T> n = blk.norm2(ctx, h);
+        const var<T> f = blk.linear2(ctx, ops::dropout(ctx, ops::apply(ctx, activation::relu, blk.linear1(ctx, n)), p));
+        return ops::add(ctx, n, ops::dropout(ctx, f, p));
     }
 
     // H at the positions whose target is not -1, in row-major order: [M, D].
