@@ -24,17 +24,17 @@ inline void cuda_report(cudaError_t e, const char* call, const char* file, int l
 
 /// Evaluates a CUDA runtime call once; throws xrec::error naming it, the file and the line
 /// unless it returned cudaSuccess.
-#define XREC_CUDA_CHECK(call)                                                                      \
-    do {                                                                                           \
-        const cudaError_t xrec_cuda_status_ = (call);                                              \
-        if (xrec_cuda_status_ != cudaSuccess)                                                      \
-            ::xrec::detail::cuda_fail(xrec_cuda_status_, #call, __FILE__, __LINE__);               \
+#define XREC_CUDA_CHECK(call)                                                        \
+    do {                                                                             \
+        const cudaError_t xrec_cuda_status_ = (call);                                \
+        if (xrec_cuda_status_ != cudaSuccess)                                        \
+            ::xrec::detail::cuda_fail(xrec_cuda_status_, #call, __FILE__, __LINE__); \
     } while (0)
 
 /// Like XREC_CUDA_CHECK for paths that must not throw (destructors): reports on stderr.
-#define XREC_CUDA_CHECK_NOTHROW(call)                                                              \
-    do {                                                                                           \
-        const cudaError_t xrec_cuda_status_ = (call);                                              \
-        if (xrec_cuda_status_ != cudaSuccess)                                                      \
-            ::xrec::detail::cuda_report(xrec_cuda_status_, #call, __FILE__, __LINE__);             \
+#define XREC_CUDA_CHECK_NOTHROW(call)                                                  \
+    do {                                                                               \
+        const cudaError_t xrec_cuda_status_ = (call);                                  \
+        if (xrec_cuda_status_ != cudaSuccess)                                          \
+            ::xrec::detail::cuda_report(xrec_cuda_status_, #call, __FILE__, __LINE__); \
     } while (0)

@@ -4,11 +4,11 @@
 // the GPU when B is xrec::cuda. Only for CUDA translation units; needs core/ and the CUDA
 // runtime, never Eigen or xsimd.
 //
-// All pointers are device pointers. Every kernel is queued on the default stream and
+// All pointers are device pointers. Every kernel is queued on the tag's stream and
 // returns without waiting: launch errors are checked at once, errors while running surface
 // at the next synchronising call (device::synchronize, device::download). Deterministic:
 // no atomics, every output element is written by one thread, and sums run in a fixed order.
-// gemm is a plain shared-memory tiled kernel (correct, not fast); cuBLAS comes later.
+// gemm is cuBLAS (blas.cuh).
 #include <cstdint>
 
 #include <cuda_runtime.h>
@@ -16,14 +16,15 @@
 #include "xrec/backend/activation.hpp"
 #include "xrec/backend/cuda_tag.hpp"
 #include "xrec/core/error.hpp"
+#include "xrec/cuda/blas.cuh"
 #include "xrec/cuda/check.cuh"
+#include "xrec/cuda/stream.cuh"
 
 namespace xrec::kernels {
 
 namespace cuda_detail {
 
 inline constexpr int threads = 256;
-inline constexpr int gemm_tile = 16;
 
 // Grid for a grid-stride loop over n elements: at most 4096 blocks, the loop covers the rest.
 inline unsigned blocks_for(std::int64_t n) {
@@ -47,11 +48,16 @@ __device__ inline double dev_erf(double x) { return ::erf(x); }
 template <class T>
 __device__ T act(activation a, T x) {
     switch (a) {
-        case activation::identity: return x;
-        case activation::relu: return x > T(0) ? x : T(0);
-        case activation::sigmoid: return T(1) / (T(1) + dev_exp(-x));
-        case activation::tanh: return dev_tanh(x);
-        case activation::gelu: return T(0.5) * x * (T(1) + dev_erf(x * T(0.70710678118654752440)));
+        case activation::identity:
+            return x;
+        case activation::relu:
+            return x > T(0) ? x : T(0);
+        case activation::sigmoid:
+            return T(1) / (T(1) + dev_exp(-x));
+        case activation::tanh:
+            return dev_tanh(x);
+        case activation::gelu:
+            return T(0.5) * x * (T(1) + dev_erf(x * T(0.70710678118654752440)));
     }
     return x;
 }
@@ -59,10 +65,14 @@ __device__ T act(activation a, T x) {
 template <class T>
 __device__ T dact(activation a, T x, T y) {
     switch (a) {
-        case activation::identity: return T(1);
-        case activation::relu: return x > T(0) ? T(1) : T(0);
-        case activation::sigmoid: return y * (T(1) - y);
-        case activation::tanh: return T(1) - y * y;
+        case activation::identity:
+            return T(1);
+        case activation::relu:
+            return x > T(0) ? T(1) : T(0);
+        case activation::sigmoid:
+            return y * (T(1) - y);
+        case activation::tanh:
+            return T(1) - y * y;
         case activation::gelu: {
             const T cdf = T(0.5) * (T(1) + dev_erf(x * T(0.70710678118654752440)));
             const T pdf = dev_exp(T(-0.5) * x * x) * T(0.39894228040143267794);
@@ -76,173 +86,184 @@ enum class binary_op { add, sub, mul };
 
 template <class T>
 __global__ void fill_kernel(std::int64_t n, T v, T* y) {
-    for (std::int64_t i = first_index(); i < n; i += grid_stride()) y[i] = v;
+    for (std::int64_t i = first_index(); i < n; i += grid_stride())
+        y[i] = v;
 }
 template <class T>
 __global__ void binary_kernel(binary_op op, std::int64_t n, const T* a, const T* b, T* y) {
     for (std::int64_t i = first_index(); i < n; i += grid_stride()) {
         switch (op) {
-            case binary_op::add: y[i] = a[i] + b[i]; break;
-            case binary_op::sub: y[i] = a[i] - b[i]; break;
-            case binary_op::mul: y[i] = a[i] * b[i]; break;
+            case binary_op::add:
+                y[i] = a[i] + b[i];
+                break;
+            case binary_op::sub:
+                y[i] = a[i] - b[i];
+                break;
+            case binary_op::mul:
+                y[i] = a[i] * b[i];
+                break;
         }
     }
 }
 template <class T>
 __global__ void axpy_kernel(std::int64_t n, T alpha, const T* x, T* y) {
-    for (std::int64_t i = first_index(); i < n; i += grid_stride()) y[i] += alpha * x[i];
+    for (std::int64_t i = first_index(); i < n; i += grid_stride())
+        y[i] += alpha * x[i];
 }
 template <class T>
 __global__ void scale_kernel(std::int64_t n, T alpha, const T* x, T* y) {
-    for (std::int64_t i = first_index(); i < n; i += grid_stride()) y[i] = alpha * x[i];
+    for (std::int64_t i = first_index(); i < n; i += grid_stride())
+        y[i] = alpha * x[i];
 }
 template <class T>
 __global__ void add_row_bias_kernel(std::int64_t rows, std::int64_t cols, const T* bias, T* y) {
-    for (std::int64_t i = first_index(); i < rows * cols; i += grid_stride()) y[i] += bias[i % cols];
+    for (std::int64_t i = first_index(); i < rows * cols; i += grid_stride())
+        y[i] += bias[i % cols];
 }
 // One thread per column, rows summed in order: the same order as the cpu kernel.
 template <class T>
 __global__ void col_sums_acc_kernel(std::int64_t rows, std::int64_t cols, const T* x, T* acc) {
     for (std::int64_t j = first_index(); j < cols; j += grid_stride()) {
         T s = acc[j];
-        for (std::int64_t r = 0; r < rows; ++r) s += x[r * cols + j];
+        for (std::int64_t r = 0; r < rows; ++r)
+            s += x[r * cols + j];
         acc[j] = s;
     }
 }
 template <class T>
 __global__ void activation_fwd_kernel(activation a, std::int64_t n, const T* x, T* y) {
-    for (std::int64_t i = first_index(); i < n; i += grid_stride()) y[i] = act(a, x[i]);
+    for (std::int64_t i = first_index(); i < n; i += grid_stride())
+        y[i] = act(a, x[i]);
 }
 template <class T>
 __global__ void activation_bwd_kernel(activation a, std::int64_t n, const T* x, const T* y, const T* dy, T* dx) {
-    for (std::int64_t i = first_index(); i < n; i += grid_stride()) dx[i] += dy[i] * dact(a, x[i], y[i]);
-}
-
-// C = alpha op(A) op(B) + beta C, row-major; one thread per element of C, K in tiles of 16
-// staged through shared memory.
-template <class T>
-__global__ void gemm_kernel(bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::int64_t k, T alpha,
-                            const T* a, std::int64_t lda, const T* b, std::int64_t ldb, T beta, T* c,
-                            std::int64_t ldc) {
-    __shared__ T as[gemm_tile][gemm_tile];
-    __shared__ T bs[gemm_tile][gemm_tile + 1];
-    const int tx = static_cast<int>(threadIdx.x), ty = static_cast<int>(threadIdx.y);
-    const std::int64_t row = static_cast<std::int64_t>(blockIdx.y) * gemm_tile + ty;
-    const std::int64_t col = static_cast<std::int64_t>(blockIdx.x) * gemm_tile + tx;
-    T acc = T(0);
-    for (std::int64_t k0 = 0; k0 < k; k0 += gemm_tile) {
-        const std::int64_t ka = k0 + tx;  // A(row, ka)
-        as[ty][tx] = (row < m && ka < k) ? (trans_a ? a[ka * lda + row] : a[row * lda + ka]) : T(0);
-        const std::int64_t kb = k0 + ty;  // B(kb, col)
-        bs[ty][tx] = (kb < k && col < n) ? (trans_b ? b[col * ldb + kb] : b[kb * ldb + col]) : T(0);
-        __syncthreads();
-        for (int l = 0; l < gemm_tile; ++l) acc += as[ty][l] * bs[l][tx];
-        __syncthreads();
-    }
-    if (row < m && col < n) {
-        T* p = c + row * ldc + col;
-        *p = beta == T(0) ? alpha * acc : alpha * acc + beta * *p;  // beta == 0 ignores NaNs in C
-    }
+    for (std::int64_t i = first_index(); i < n; i += grid_stride())
+        dx[i] += dy[i] * dact(a, x[i], y[i]);
 }
 
 inline void check_launch() { XREC_CUDA_CHECK(cudaGetLastError()); }
 
 }  // namespace cuda_detail
 
-/// C[m x n] = alpha * op(A) * op(B) + beta * C, all row-major with leading dimensions
-/// lda, ldb, ldc; op(A) is m x k, op(B) is k x n. beta == 0 overwrites C.
 template <class T>
-void gemm(cuda, bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::int64_t k, T alpha, const T* a,
+void fill(cuda tag, std::int64_t n, T v, T* y);
+template <class T>
+void scale(cuda tag, std::int64_t n, T alpha, const T* x, T* y);
+
+/// C[m x n] = alpha * op(A) * op(B) + beta * C, all row-major with leading dimensions
+/// lda, ldb, ldc; op(A) is m x k, op(B) is k x n. beta == 0 overwrites C. Through cuBLAS
+/// (float stays float: no TF32).
+template <class T>
+void gemm(cuda tag, bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::int64_t k, T alpha, const T* a,
           std::int64_t lda, const T* b, std::int64_t ldb, T beta, T* c, std::int64_t ldc) {
-    using namespace cuda_detail;
-    if (m == 0 || n == 0) return;
-    const std::int64_t gx = (n + gemm_tile - 1) / gemm_tile, gy = (m + gemm_tile - 1) / gemm_tile;
-    XREC_CHECK(gx <= 2147483647 && gy <= 65535, "kernels::gemm(cuda): ", m, " x ", n, " exceeds the grid limits");
-    gemm_kernel<T><<<dim3(static_cast<unsigned>(gx), static_cast<unsigned>(gy)), dim3(gemm_tile, gemm_tile)>>>(
-        trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-    check_launch();
+    if (m == 0 || n == 0)
+        return;
+    if (k == 0) {  // cuBLAS wants leading dimensions >= 1 even then; C = beta C is all there is
+        XREC_CHECK(ldc == n, "kernels::gemm(cuda): k == 0 with ldc ", ldc, " != n ", n, " is not supported");
+        if (beta == T(0))
+            fill(tag, m * n, T(0), c);
+        else
+            scale(tag, m * n, beta, c, c);
+        return;
+    }
+    device::gemm_row_major(device::stream_of(tag), trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 
 /// y[i] = v for i < n
 template <class T>
-void fill(cuda, std::int64_t n, T v, T* y) {
-    if (n <= 0) return;
-    cuda_detail::fill_kernel<T><<<cuda_detail::blocks_for(n), cuda_detail::threads>>>(n, v, y);
+void fill(cuda tag, std::int64_t n, T v, T* y) {
+    if (n <= 0)
+        return;
+    cuda_detail::fill_kernel<T>
+        <<<cuda_detail::blocks_for(n), cuda_detail::threads, 0, device::stream_of(tag)>>>(n, v, y);
     cuda_detail::check_launch();
 }
 /// y = x (device to device)
 template <class T>
-void copy(cuda, std::int64_t n, const T* x, T* y) {
+void copy(cuda tag, std::int64_t n, const T* x, T* y) {
     if (n > 0)
-        XREC_CUDA_CHECK(cudaMemcpyAsync(y, x, static_cast<std::size_t>(n) * sizeof(T), cudaMemcpyDeviceToDevice, 0));
+        XREC_CUDA_CHECK(cudaMemcpyAsync(y, x, static_cast<std::size_t>(n) * sizeof(T), cudaMemcpyDeviceToDevice,
+                                        device::stream_of(tag)));
 }
 
 namespace cuda_detail {
 template <class T>
-void binary(binary_op op, std::int64_t n, const T* a, const T* b, T* y) {
-    if (n <= 0) return;
-    binary_kernel<T><<<blocks_for(n), threads>>>(op, n, a, b, y);
+void binary(cuda tag, binary_op op, std::int64_t n, const T* a, const T* b, T* y) {
+    if (n <= 0)
+        return;
+    binary_kernel<T><<<blocks_for(n), threads, 0, device::stream_of(tag)>>>(op, n, a, b, y);
     check_launch();
 }
 }  // namespace cuda_detail
 
 /// y = a + b
 template <class T>
-void add(cuda, std::int64_t n, const T* a, const T* b, T* y) {
-    cuda_detail::binary(cuda_detail::binary_op::add, n, a, b, y);
+void add(cuda tag, std::int64_t n, const T* a, const T* b, T* y) {
+    cuda_detail::binary(tag, cuda_detail::binary_op::add, n, a, b, y);
 }
 /// y = a - b
 template <class T>
-void sub(cuda, std::int64_t n, const T* a, const T* b, T* y) {
-    cuda_detail::binary(cuda_detail::binary_op::sub, n, a, b, y);
+void sub(cuda tag, std::int64_t n, const T* a, const T* b, T* y) {
+    cuda_detail::binary(tag, cuda_detail::binary_op::sub, n, a, b, y);
 }
 /// y = a * b (elementwise)
 template <class T>
-void mul(cuda, std::int64_t n, const T* a, const T* b, T* y) {
-    cuda_detail::binary(cuda_detail::binary_op::mul, n, a, b, y);
+void mul(cuda tag, std::int64_t n, const T* a, const T* b, T* y) {
+    cuda_detail::binary(tag, cuda_detail::binary_op::mul, n, a, b, y);
 }
 /// y += alpha * x
 template <class T>
-void axpy(cuda, std::int64_t n, T alpha, const T* x, T* y) {
-    if (n <= 0) return;
-    cuda_detail::axpy_kernel<T><<<cuda_detail::blocks_for(n), cuda_detail::threads>>>(n, alpha, x, y);
+void axpy(cuda tag, std::int64_t n, T alpha, const T* x, T* y) {
+    if (n <= 0)
+        return;
+    cuda_detail::axpy_kernel<T>
+        <<<cuda_detail::blocks_for(n), cuda_detail::threads, 0, device::stream_of(tag)>>>(n, alpha, x, y);
     cuda_detail::check_launch();
 }
 /// y = alpha * x
 template <class T>
-void scale(cuda, std::int64_t n, T alpha, const T* x, T* y) {
-    if (n <= 0) return;
-    cuda_detail::scale_kernel<T><<<cuda_detail::blocks_for(n), cuda_detail::threads>>>(n, alpha, x, y);
+void scale(cuda tag, std::int64_t n, T alpha, const T* x, T* y) {
+    if (n <= 0)
+        return;
+    cuda_detail::scale_kernel<T>
+        <<<cuda_detail::blocks_for(n), cuda_detail::threads, 0, device::stream_of(tag)>>>(n, alpha, x, y);
     cuda_detail::check_launch();
 }
 /// y[r, :] += bias for each of `rows` rows of width `cols`.
 template <class T>
-void add_row_bias(cuda, std::int64_t rows, std::int64_t cols, const T* bias, T* y) {
-    if (rows <= 0 || cols <= 0) return;
-    cuda_detail::add_row_bias_kernel<T><<<cuda_detail::blocks_for(rows * cols), cuda_detail::threads>>>(rows, cols,
-                                                                                                      bias, y);
+void add_row_bias(cuda tag, std::int64_t rows, std::int64_t cols, const T* bias, T* y) {
+    if (rows <= 0 || cols <= 0)
+        return;
+    cuda_detail::add_row_bias_kernel<T>
+        <<<cuda_detail::blocks_for(rows * cols), cuda_detail::threads, 0, device::stream_of(tag)>>>(rows, cols, bias,
+                                                                                                    y);
     cuda_detail::check_launch();
 }
 /// acc[j] += sum_r x[r, j]: column sums, rows summed in order.
 template <class T>
-void col_sums_acc(cuda, std::int64_t rows, std::int64_t cols, const T* x, T* acc) {
-    if (rows <= 0 || cols <= 0) return;
-    cuda_detail::col_sums_acc_kernel<T><<<cuda_detail::blocks_for(cols), cuda_detail::threads>>>(rows, cols, x, acc);
+void col_sums_acc(cuda tag, std::int64_t rows, std::int64_t cols, const T* x, T* acc) {
+    if (rows <= 0 || cols <= 0)
+        return;
+    cuda_detail::col_sums_acc_kernel<T>
+        <<<cuda_detail::blocks_for(cols), cuda_detail::threads, 0, device::stream_of(tag)>>>(rows, cols, x, acc);
     cuda_detail::check_launch();
 }
 /// y = act(x)
 template <class T>
-void activation_fwd(cuda, activation act, std::int64_t n, const T* x, T* y) {
-    if (n <= 0) return;
-    cuda_detail::activation_fwd_kernel<T><<<cuda_detail::blocks_for(n), cuda_detail::threads>>>(act, n, x, y);
+void activation_fwd(cuda tag, activation act, std::int64_t n, const T* x, T* y) {
+    if (n <= 0)
+        return;
+    cuda_detail::activation_fwd_kernel<T>
+        <<<cuda_detail::blocks_for(n), cuda_detail::threads, 0, device::stream_of(tag)>>>(act, n, x, y);
     cuda_detail::check_launch();
 }
 /// dx += dy * act'(x), given input x and output y of the forward.
 template <class T>
-void activation_bwd(cuda, activation act, std::int64_t n, const T* x, const T* y, const T* dy, T* dx) {
-    if (n <= 0) return;
-    cuda_detail::activation_bwd_kernel<T><<<cuda_detail::blocks_for(n), cuda_detail::threads>>>(act, n, x, y, dy,
-                                                                                                dx);
+void activation_bwd(cuda tag, activation act, std::int64_t n, const T* x, const T* y, const T* dy, T* dx) {
+    if (n <= 0)
+        return;
+    cuda_detail::activation_bwd_kernel<T>
+        <<<cuda_detail::blocks_for(n), cuda_detail::threads, 0, device::stream_of(tag)>>>(act, n, x, y, dy, dx);
     cuda_detail::check_launch();
 }
 

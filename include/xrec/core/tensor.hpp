@@ -2,6 +2,7 @@
 // Non-owning tensor views and jagged (values + offsets) inputs.
 #include <cstdint>
 #include <span>
+#include <type_traits>
 
 #include "xrec/core/shape.hpp"
 
@@ -20,7 +21,12 @@ struct tensor_view {
     T* row(std::int64_t i) const { return data + i * s.cols(); }
     T& operator()(std::int64_t i, std::int64_t j) const { return data[i * s.cols() + j]; }
     T& operator[](std::int64_t i) const { return data[i]; }
-    operator tensor_view<const T>() const { return {data, s}; }
+    // A template, so that tensor_view<const T> declares no conversion to itself.
+    template <class U = T>
+        requires(!std::is_const_v<U>)
+    operator tensor_view<const U>() const {
+        return {data, s};
+    }
     std::span<T> span() const { return {data, static_cast<std::size_t>(s.numel())}; }
 };
 
