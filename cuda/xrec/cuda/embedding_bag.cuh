@@ -46,6 +46,9 @@ struct embedding_bag_cuda_policy {
     /// Rows each thread loads before accumulating (memory-level parallelism). 8 rows x 16 B
     /// per thread: for D = 64, 16 threads per bag, a 256-thread block keeps 32 KiB in flight.
     static constexpr int unroll = 8;
+    /// Forward row loads ask L2 for the whole row (ld.global.nc...L2::256B / L2::128B) when
+    /// rows are 256 or 128 bytes apart; not measured yet.
+    static constexpr bool l2_row_hint = true;
     /// Blocks per SM of the grid-stride update over unique ids.
     static constexpr int update_blocks_per_sm = 8;
     /// Column tiles of G x V each that one update group keeps in registers, so the widest
@@ -99,6 +102,39 @@ __device__ inline void vload(const T* p, T (&x)[V]) {
         }
     }
 }
+// A 16-byte read-only load that skips L1 and asks L2 to fetch Hint bytes around it (the whole
+// row when a row is Hint bytes and rows are Hint-aligned: one DRAM burst instead of two or
+// four sector misses). Hint 0: a plain __ldg.
+template <int Hint>
+__device__ inline float4 ldg_hint(const float4* p) {
+    float4 v;
+    if constexpr (Hint == 256) {
+        asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.f32 {%0, %1, %2, %3}, [%4];"
+                     : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w)
+                     : "l"(p));
+    } else if constexpr (Hint == 128) {
+        asm volatile("ld.global.nc.L1::no_allocate.L2::128B.v4.f32 {%0, %1, %2, %3}, [%4];"
+                     : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w)
+                     : "l"(p));
+    } else {
+        v = __ldg(p);
+    }
+    return v;
+}
+
+template <class T, int V, int Hint>
+__device__ inline void vload_row(const T* p, T (&x)[V]) {
+    if constexpr (Hint != 0 && std::is_same_v<T, float> && V == 4) {
+        const float4 v = ldg_hint<Hint>(reinterpret_cast<const float4*>(p));
+        x[0] = v.x;
+        x[1] = v.y;
+        x[2] = v.z;
+        x[3] = v.w;
+    } else {
+        vload<T, V>(p, x);
+    }
+}
+
 template <class T, int V>
 __device__ inline void vstore(T* p, const T (&x)[V]) {
     if constexpr (V == 1) {
@@ -123,7 +159,7 @@ __device__ inline void vstore(T* p, const T (&x)[V]) {
 // column tile, c = tile * G * V + t * V. Sum and mean: out = scale * sum w_i row_i; max:
 // out = max_i w_i row_i with the bag-local index of the first maximum in arg (-1 and 0 for
 // an empty bag), which the backward routes the gradient through.
-template <class T, int V, int G, int U, bool Max, int Threads>
+template <class T, int V, int G, int U, bool Max, int Threads, int Hint>
 __global__ void __launch_bounds__(Threads)
     bag_fwd_kernel(const T* __restrict__ table, std::int64_t dim, const std::int64_t* __restrict__ ids,
                    const std::int64_t* __restrict__ offsets, std::int64_t batch, const T* __restrict__ w,
@@ -148,7 +184,7 @@ __global__ void __launch_bounds__(Threads)
 #pragma unroll
             for (int u = 0; u < U; ++u) r[u] = __ldg(ids + i + u);
 #pragma unroll
-            for (int u = 0; u < U; ++u) vload<T, V>(table + r[u] * dim + c, x[u]);
+            for (int u = 0; u < U; ++u) vload_row<T, V, Hint>(table + r[u] * dim + c, x[u]);
 #pragma unroll
             for (int u = 0; u < U; ++u) {
                 const T wu = w ? __ldg(w + i + u) : T(1);
@@ -168,7 +204,7 @@ __global__ void __launch_bounds__(Threads)
         }
         for (; i < end; ++i) {
             T x[V];
-            vload<T, V>(table + __ldg(ids + i) * dim + c, x);
+            vload_row<T, V, Hint>(table + __ldg(ids + i) * dim + c, x);
             const T wu = w ? __ldg(w + i) : T(1);
 #pragma unroll
             for (int v = 0; v < V; ++v) {
@@ -204,8 +240,18 @@ void launch_bag_fwd(cudaStream_t s, const T* table, std::int64_t dim, const std:
     const std::int64_t bags_per_block = threads / G;
     const std::int64_t blocks = (batch + bags_per_block - 1) / bags_per_block;
     XREC_CHECK(blocks <= 2147483647, "kernels::embedding_bag_fwd(cuda): batch ", batch, " too large for one grid");
-    bag_fwd_kernel<T, V, G, U, Max, threads>
-        <<<static_cast<unsigned>(blocks), threads, 0, s>>>(table, dim, ids, offsets, batch, w, mean, out, arg);
+    // The L2 fetch hint: the whole row when rows are 256 (or 128) bytes apart and aligned.
+    const std::int64_t row_bytes = dim * static_cast<std::int64_t>(sizeof(T));
+    const bool aligned = reinterpret_cast<std::uintptr_t>(table) % 256 == 0;
+    if (P::l2_row_hint && V * sizeof(T) == 16 && aligned && row_bytes % 256 == 0)
+        bag_fwd_kernel<T, V, G, U, Max, threads, 256>
+            <<<static_cast<unsigned>(blocks), threads, 0, s>>>(table, dim, ids, offsets, batch, w, mean, out, arg);
+    else if (P::l2_row_hint && V * sizeof(T) == 16 && aligned && row_bytes % 128 == 0)
+        bag_fwd_kernel<T, V, G, U, Max, threads, 128>
+            <<<static_cast<unsigned>(blocks), threads, 0, s>>>(table, dim, ids, offsets, batch, w, mean, out, arg);
+    else
+        bag_fwd_kernel<T, V, G, U, Max, threads, 0>
+            <<<static_cast<unsigned>(blocks), threads, 0, s>>>(table, dim, ids, offsets, batch, w, mean, out, arg);
     XREC_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -270,35 +316,42 @@ struct rowwise_adagrad_step {
 
 namespace cuda_detail {
 
-// pos_bag[i] = b for every position i of bag b; keys[i] = ids[i] as 32-bit; vals[i] = i.
+// keys[i] = ids[i] as 32-bit; vals[i] = b, the bag of position i, when the backward needs
+// nothing but the bag (by_bag: no per-id weights, no max), else vals[i] = i and pos_bag[i] = b.
 // One warp per bag, lanes striding its positions (coalesced writes).
 __global__ void bag_positions_kernel(const std::int64_t* __restrict__ ids, const std::int64_t* __restrict__ offsets,
-                                     std::int64_t batch, std::int32_t* __restrict__ pos_bag,
+                                     std::int64_t batch, bool by_bag, std::int32_t* __restrict__ pos_bag,
                                      std::uint32_t* __restrict__ keys, std::int32_t* __restrict__ vals) {
     const std::int64_t warps = static_cast<std::int64_t>(gridDim.x) * (blockDim.x / 32);
     const int lane = static_cast<int>(threadIdx.x % 32);
     for (std::int64_t b = first_index() / 32; b < batch; b += warps) {
         const std::int64_t e = offsets[b + 1];
         for (std::int64_t i = offsets[b] + lane; i < e; i += 32) {
-            pos_bag[i] = static_cast<std::int32_t>(b);
             keys[i] = static_cast<std::uint32_t>(ids[i]);
-            vals[i] = static_cast<std::int32_t>(i);
+            if (by_bag) {
+                vals[i] = static_cast<std::int32_t>(b);
+            } else {
+                pos_bag[i] = static_cast<std::int32_t>(b);
+                vals[i] = static_cast<std::int32_t>(i);
+            }
         }
     }
 }
 
-// The merged gradient of one piece of a run: positions [p_beg, p_end) of the sorted order,
-// summed in that order into g (the columns thread t owns: c = k * G * V + t * V).
+// The merged gradient of one piece of a run: entries [p_beg, p_end) of the sorted order,
+// summed in that order into g (the columns thread t owns: c = k * G * V + t * V). sorted
+// holds bags (by_bag) or positions (whose bags are in pos_bag).
 template <class T, int V, int G, int Tiles>
 __device__ inline void sum_piece(T (&g)[Tiles][V], int t, std::int64_t dim, std::int32_t p_beg, std::int32_t p_end,
-                                 const std::int32_t* __restrict__ sorted_pos, const std::int32_t* __restrict__ pos_bag,
-                                 const std::int64_t* __restrict__ offsets, const T* __restrict__ gy,
-                                 const T* __restrict__ w, int mode, const std::int32_t* __restrict__ arg) {
+                                 bool by_bag, const std::int32_t* __restrict__ sorted,
+                                 const std::int32_t* __restrict__ pos_bag, const std::int64_t* __restrict__ offsets,
+                                 const T* __restrict__ gy, const T* __restrict__ w, int mode,
+                                 const std::int32_t* __restrict__ arg) {
     for (int k = 0; k < Tiles; ++k)
         for (int v = 0; v < V; ++v) g[k][v] = T(0);
     for (std::int32_t j = p_beg; j < p_end; ++j) {
-        const std::int32_t p = sorted_pos[j];
-        const std::int32_t b = pos_bag[p];
+        const std::int32_t p = sorted[j];
+        const std::int32_t b = by_bag ? p : pos_bag[p];
         T coef = w ? w[p] : T(1);
         if (mode == 1) coef /= static_cast<T>(offsets[b + 1] - offsets[b]);
         const T* grow = gy + static_cast<std::int64_t>(b) * dim;
@@ -369,74 +422,90 @@ __device__ inline unsigned group_mask() {
     return G == 32 ? 0xffffffffu : (((1u << G) - 1u) << ((threadIdx.x % 32) / G * G));
 }
 
-// Per run r (all n slots; those past the run count get zeros): pieces = ceil(count / L),
-// multi = pieces if the run has more than one piece else 0, flag = (pieces > 1). Slots past
-// the run count also get count 0, so later scans over all n slots see nothing there.
-__global__ void run_pieces_kernel(std::int32_t n, const std::int32_t* __restrict__ num_runs, std::int32_t* counts,
-                                  std::int32_t piece, std::int32_t* __restrict__ pieces,
-                                  std::int32_t* __restrict__ multi, std::int32_t* __restrict__ flag) {
+// Per-run counts scanned together: count (-> start of the run in the sorted order), multi
+// (pieces of a run longer than one piece, else 0 -> its first partial row) and flag (1 for
+// such a run -> its index among the long runs).
+struct run_info {
+    std::int32_t count, multi, flag;
+};
+struct run_info_sum {
+    __host__ __device__ run_info operator()(const run_info& a, const run_info& b) const {
+        return {a.count + b.count, a.multi + b.multi, a.flag + b.flag};
+    }
+};
+
+// info[r] for all n slots; slots past the number of runs get zeros, so the scan over all n
+// (whose length the host knows) sees nothing there.
+__global__ void run_info_kernel(std::int32_t n, const std::int32_t* __restrict__ num_runs,
+                                const std::int32_t* __restrict__ counts, std::int32_t piece,
+                                run_info* __restrict__ info) {
     const std::int32_t runs = *num_runs;
     for (std::int64_t r = first_index(); r < n; r += grid_stride()) {
-        std::int32_t np = 0;
-        if (r < runs)
-            np = (counts[r] + piece - 1) / piece;
-        else
-            counts[r] = 0;
-        pieces[r] = np;
-        multi[r] = np > 1 ? np : 0;
-        flag[r] = np > 1 ? 1 : 0;
+        run_info x{0, 0, 0};
+        if (r < runs) {
+            const std::int32_t c = counts[r], np = (c + piece - 1) / piece;
+            x = {c, np > 1 ? np : 0, np > 1 ? 1 : 0};
+        }
+        info[r] = x;
     }
 }
 
-// piece_run[piece_off[r] + k] = r for k < pieces[r]; multi_runs[multi_idx[r]] = r for runs of
-// more than one piece.
-__global__ void piece_map_kernel(const std::int32_t* __restrict__ num_runs, const std::int32_t* __restrict__ pieces,
-                                 const std::int32_t* __restrict__ piece_off, const std::int32_t* __restrict__ multi_idx,
-                                 std::int32_t* __restrict__ piece_run, std::int32_t* __restrict__ multi_runs) {
+// For each long run r: piece_run[scan[r].multi + k] = r for its pieces, and
+// long_runs[scan[r].flag] = r.
+__global__ void long_map_kernel(const std::int32_t* __restrict__ num_runs, const run_info* __restrict__ info,
+                                const run_info* __restrict__ scan, std::int32_t* __restrict__ piece_run,
+                                std::int32_t* __restrict__ long_runs) {
     const std::int32_t runs = *num_runs;
     for (std::int64_t r = first_index(); r < runs; r += grid_stride()) {
-        const std::int32_t np = pieces[r], o = piece_off[r];
-        for (std::int32_t k = 0; k < np; ++k) piece_run[o + k] = static_cast<std::int32_t>(r);
-        if (np > 1) multi_runs[multi_idx[r]] = static_cast<std::int32_t>(r);
+        const run_info x = info[r];
+        if (!x.flag) continue;
+        const run_info o = scan[r];
+        for (std::int32_t k = 0; k < x.multi; ++k) piece_run[o.multi + k] = static_cast<std::int32_t>(r);
+        long_runs[o.flag] = static_cast<std::int32_t>(r);
     }
 }
 
-// Phase A: one group of G threads per piece (at most L sorted positions of one run). A run of
-// one piece (nearly every run with uniform ids) is finished here: its row is updated. A piece
-// of a longer run writes its partial sum to partial[partial_off[run] + k] for phase B.
-template <class T, int V, int G>
+// Phase A, one group of G threads per work item: items [0, runs) are the runs, and a run of
+// at most one piece (nearly every run with uniform ids) is summed and its row updated here;
+// items [runs, runs + long pieces) are the pieces of the long runs (hot ids), whose sums go
+// to their partial rows for phase B.
+template <class T, int V, int G, int Tiles>
 __global__ void __launch_bounds__(embedding_bag_cuda_policy::block_threads)
-    bag_pieces_kernel(T* __restrict__ table, T* __restrict__ accum, std::int64_t dim, std::int32_t L,
-                      const std::uint32_t* __restrict__ uniq, const std::int32_t* __restrict__ run_start,
-                      const std::int32_t* __restrict__ run_count, const std::int32_t* __restrict__ num_runs,
-                      const std::int32_t* __restrict__ pieces, const std::int32_t* __restrict__ piece_off,
-                      const std::int32_t* __restrict__ piece_run, const std::int32_t* __restrict__ partial_off,
-                      T* __restrict__ partial, const std::int32_t* __restrict__ sorted_pos,
-                      const std::int32_t* __restrict__ pos_bag, const std::int64_t* __restrict__ offsets,
-                      const T* __restrict__ gy, const T* __restrict__ w, int mode, const std::int32_t* __restrict__ arg,
-                      T lr, T eps, T l2) {
-    constexpr int Tiles = embedding_bag_cuda_policy::update_tiles;
+    bag_pieces_kernel(T* __restrict__ table, T* __restrict__ accum, std::int64_t dim, std::int32_t L, std::int32_t n,
+                      const std::uint32_t* __restrict__ uniq, const std::int32_t* __restrict__ num_runs,
+                      const run_info* __restrict__ info, const run_info* __restrict__ scan,
+                      const std::int32_t* __restrict__ piece_run, T* __restrict__ partial, bool by_bag,
+                      const std::int32_t* __restrict__ sorted, const std::int32_t* __restrict__ pos_bag,
+                      const std::int64_t* __restrict__ offsets, const T* __restrict__ gy, const T* __restrict__ w,
+                      int mode, const std::int32_t* __restrict__ arg, T lr, T eps, T l2) {
     const int t = static_cast<int>(threadIdx.x % G);
     const std::int64_t groups = static_cast<std::int64_t>(gridDim.x) * (blockDim.x / G);
     const std::int32_t runs = *num_runs;
-    const std::int32_t total = runs > 0 ? piece_off[runs - 1] + pieces[runs - 1] : 0;
+    const std::int64_t total = runs + scan[n - 1].multi + info[n - 1].multi;
     const unsigned mask = group_mask<G>();
     for (std::int64_t q = static_cast<std::int64_t>(blockIdx.x) * (blockDim.x / G) + threadIdx.x / G; q < total;
          q += groups) {
-        const std::int32_t r = piece_run[q];
-        const std::int32_t k = static_cast<std::int32_t>(q) - piece_off[r];
-        const std::int32_t np = pieces[r], c = run_count[r];
-        const std::int32_t p_beg = run_start[r] + k * L;
-        const std::int32_t p_end = p_beg + L < run_start[r] + c ? p_beg + L : run_start[r] + c;
-        const std::int64_t row = uniq[r];
-        T wv[Tiles][V];
-        if (np == 1) load_row<T, V, Tiles>(wv, t, G, table + row * dim, dim);  // in flight during the sum
         T g[Tiles][V];
-        sum_piece<T, V, G, Tiles>(g, t, dim, p_beg, p_end, sorted_pos, pos_bag, offsets, gy, w, mode, arg);
-        if (np == 1) {
+        if (q < runs) {
+            const run_info x = info[q];
+            if (x.flag) continue;  // a long run: its pieces are later items
+            const std::int64_t row = uniq[q];
+            T wv[Tiles][V];
+            load_row<T, V, Tiles>(wv, t, G, table + row * dim, dim);  // in flight during the sum
+            const std::int32_t p_beg = scan[q].count;
+            sum_piece<T, V, G, Tiles>(g, t, dim, p_beg, p_beg + x.count, by_bag, sorted, pos_bag, offsets, gy, w,
+                                      mode, arg);
             adagrad_row<T, V, G, Tiles>(g, wv, t, mask, table + row * dim, accum + row, dim, lr, eps, l2);
         } else {
-            T* prow = partial + static_cast<std::int64_t>(partial_off[r] + k) * dim;
+            const std::int32_t piece = static_cast<std::int32_t>(q - runs);
+            const std::int32_t r = piece_run[piece];
+            const run_info o = scan[r];
+            const std::int32_t k = piece - o.multi;
+            const std::int32_t run_end = o.count + info[r].count;
+            const std::int32_t p_beg = o.count + k * L;
+            const std::int32_t p_end = p_beg + L < run_end ? p_beg + L : run_end;
+            sum_piece<T, V, G, Tiles>(g, t, dim, p_beg, p_end, by_bag, sorted, pos_bag, offsets, gy, w, mode, arg);
+            T* prow = partial + static_cast<std::int64_t>(piece) * dim;
 #pragma unroll
             for (int kk = 0; kk < Tiles; ++kk) {
                 const std::int64_t cc = static_cast<std::int64_t>(kk) * G * V + static_cast<std::int64_t>(t) * V;
@@ -447,24 +516,22 @@ __global__ void __launch_bounds__(embedding_bag_cuda_policy::block_threads)
     }
 }
 
-// Phase B: one block per run of several pieces. The block's groups sum the run's partials
-// strided (group j takes partials j, j + groups, ...), in order; the group sums are then
-// added in group order by group 0, which updates the row. Fixed order throughout.
-template <class T, int V, int G>
+// Phase B: one block per long run. The block's groups sum the run's partial rows strided
+// (group j takes partials j, j + groups, ...), in order; group 0 then adds the group sums in
+// group order and updates the row. Fixed order throughout.
+template <class T, int V, int G, int Tiles>
 __global__ void __launch_bounds__(embedding_bag_cuda_policy::block_threads)
-    bag_multi_kernel(T* __restrict__ table, T* __restrict__ accum, std::int64_t dim,
-                     const std::uint32_t* __restrict__ uniq, const std::int32_t* __restrict__ pieces,
-                     const std::int32_t* __restrict__ partial_off, const std::int32_t* __restrict__ multi_runs,
-                     const std::int32_t* __restrict__ num_multi_at, const std::int32_t* __restrict__ flag_last,
-                     const T* __restrict__ partial, T lr, T eps, T l2) {
-    constexpr int Tiles = embedding_bag_cuda_policy::update_tiles;
+    bag_long_kernel(T* __restrict__ table, T* __restrict__ accum, std::int64_t dim, std::int32_t n,
+                    const std::uint32_t* __restrict__ uniq, const run_info* __restrict__ info,
+                    const run_info* __restrict__ scan, const std::int32_t* __restrict__ long_runs,
+                    const T* __restrict__ partial, T lr, T eps, T l2) {
     constexpr int groups = embedding_bag_cuda_policy::block_threads / G;
     __shared__ T red[groups][Tiles * G * V];
     const int t = static_cast<int>(threadIdx.x % G), j = static_cast<int>(threadIdx.x / G);
-    const std::int32_t num_multi = *num_multi_at + *flag_last;  // exclusive scan + last flag
-    for (std::int32_t m = static_cast<std::int32_t>(blockIdx.x); m < num_multi; m += static_cast<std::int32_t>(gridDim.x)) {
-        const std::int32_t r = multi_runs[m];
-        const std::int32_t np = pieces[r], base = partial_off[r];
+    const std::int32_t num_long = scan[n - 1].flag + info[n - 1].flag;
+    for (std::int32_t m = static_cast<std::int32_t>(blockIdx.x); m < num_long; m += static_cast<std::int32_t>(gridDim.x)) {
+        const std::int32_t r = long_runs[m];
+        const std::int32_t np = info[r].multi, base = scan[r].multi;
         T g[Tiles][V];
         for (int k = 0; k < Tiles; ++k)
             for (int v = 0; v < V; ++v) g[k][v] = T(0);
@@ -502,9 +569,9 @@ __global__ void __launch_bounds__(embedding_bag_cuda_policy::block_threads)
 
 // Device pointers of the fused step's scratch, carved out of one workspace.
 struct bag_step_scratch {
-    std::int32_t *pos_bag, *vals_in, *vals_out, *counts, *starts, *num_runs;
+    std::int32_t *pos_bag, *vals_in, *vals_out, *counts, *num_runs, *piece_run, *long_runs;
     std::uint32_t *keys_in, *keys_out, *uniq;
-    std::int32_t *pieces, *piece_off, *multi, *partial_off, *flag, *multi_idx, *piece_run, *multi_runs;
+    run_info *info, *scan;
     void* partial;
     void* cub_tmp;
     std::size_t cub_bytes;
@@ -535,11 +602,12 @@ std::size_t carve(char* base, std::int64_t nnz, std::int64_t rows, std::int64_t 
     XREC_CUDA_CHECK(cub::DeviceRunLengthEncode::Encode(
         nullptr, rle_b, static_cast<const std::uint32_t*>(nullptr), static_cast<std::uint32_t*>(nullptr),
         static_cast<std::int32_t*>(nullptr), static_cast<std::int32_t*>(nullptr), n));
-    XREC_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(nullptr, scan_b, static_cast<const std::int32_t*>(nullptr),
-                                                  static_cast<std::int32_t*>(nullptr), n));
+    XREC_CUDA_CHECK(cub::DeviceScan::ExclusiveScan(nullptr, scan_b, static_cast<const run_info*>(nullptr),
+                                                   static_cast<run_info*>(nullptr), run_info_sum{},
+                                                   run_info{0, 0, 0}, n));
     std::size_t cub_b = sort_b > rle_b ? sort_b : rle_b;
     if (scan_b > cub_b) cub_b = scan_b;
-    const std::size_t n4 = align256(static_cast<std::size_t>(nnz) * 4);
+    const std::size_t n4 = static_cast<std::size_t>(nnz) * 4;
     std::size_t off = 0;
     auto take = [&](std::size_t bytes) {
         char* p = base ? base + off : nullptr;
@@ -553,55 +621,56 @@ std::size_t carve(char* base, std::int64_t nnz, std::int64_t rows, std::int64_t 
     sc.vals_out = reinterpret_cast<std::int32_t*>(take(n4));
     sc.uniq = reinterpret_cast<std::uint32_t*>(take(n4));
     sc.counts = reinterpret_cast<std::int32_t*>(take(n4));
-    sc.starts = reinterpret_cast<std::int32_t*>(take(n4));
     sc.num_runs = reinterpret_cast<std::int32_t*>(take(4));
-    // After the sort its inputs are free: pieces and piece_off reuse them.
-    sc.pieces = reinterpret_cast<std::int32_t*>(sc.keys_in);
-    sc.piece_off = sc.vals_in;
-    sc.multi = reinterpret_cast<std::int32_t*>(take(n4));
-    sc.partial_off = reinterpret_cast<std::int32_t*>(take(n4));
-    sc.flag = reinterpret_cast<std::int32_t*>(take(n4));
-    sc.multi_idx = reinterpret_cast<std::int32_t*>(take(n4));
-    sc.piece_run = reinterpret_cast<std::int32_t*>(take(n4));
-    sc.multi_runs = reinterpret_cast<std::int32_t*>(take(n4));
+    sc.info = reinterpret_cast<run_info*>(take(static_cast<std::size_t>(nnz) * sizeof(run_info)));
+    sc.scan = reinterpret_cast<run_info*>(take(static_cast<std::size_t>(nnz) * sizeof(run_info)));
+    // After the sort its inputs are free: the long-run maps reuse them.
+    sc.piece_run = reinterpret_cast<std::int32_t*>(sc.keys_in);
+    sc.long_runs = sc.vals_in;
     sc.partial = take(static_cast<std::size_t>(max_partials(nnz, embedding_bag_cuda_policy::piece) * dim) * sizeof(T));
     sc.cub_tmp = take(cub_b);
     sc.cub_bytes = cub_b;
     return off;
 }
 
-template <class T, int V, int G>
+template <class T, int V, int G, int Tiles>
 void launch_bag_step(cudaStream_t s, int sms, T* table, T* accum, std::int64_t dim, const bag_step_scratch& sc,
-                     const std::int64_t* offsets, const T* gy, const T* w, int mode, const std::int32_t* arg, T lr,
-                     T eps, T l2, std::int64_t nnz) {
+                     bool by_bag, const std::int64_t* offsets, const T* gy, const T* w, int mode,
+                     const std::int32_t* arg, T lr, T eps, T l2, std::int64_t nnz) {
     constexpr int threads = embedding_bag_cuda_policy::block_threads;
     constexpr int L = embedding_bag_cuda_policy::piece;
+    const int n = static_cast<int>(nnz);
     const std::int64_t per_block = threads / G;
     std::int64_t blocks = (nnz + per_block - 1) / per_block;
     const std::int64_t cap = static_cast<std::int64_t>(sms) * embedding_bag_cuda_policy::update_blocks_per_sm;
     blocks = blocks > cap ? cap : (blocks < 1 ? 1 : blocks);
-    bag_pieces_kernel<T, V, G><<<static_cast<unsigned>(blocks), threads, 0, s>>>(
-        table, accum, dim, L, sc.uniq, sc.starts, sc.counts, sc.num_runs, sc.pieces, sc.piece_off, sc.piece_run,
-        sc.partial_off, static_cast<T*>(sc.partial), sc.vals_out, sc.pos_bag, offsets, gy, w, mode, arg, lr, eps, l2);
+    bag_pieces_kernel<T, V, G, Tiles><<<static_cast<unsigned>(blocks), threads, 0, s>>>(
+        table, accum, dim, L, n, sc.uniq, sc.num_runs, sc.info, sc.scan, sc.piece_run, static_cast<T*>(sc.partial),
+        by_bag, sc.vals_out, sc.pos_bag, offsets, gy, w, mode, arg, lr, eps, l2);
     XREC_CUDA_CHECK(cudaGetLastError());
-    const std::int64_t mblocks = static_cast<std::int64_t>(sms) * 4;
-    bag_multi_kernel<T, V, G><<<static_cast<unsigned>(mblocks), threads, 0, s>>>(
-        table, accum, dim, sc.uniq, sc.pieces, sc.partial_off, sc.multi_runs, sc.multi_idx + (nnz - 1),
-        sc.flag + (nnz - 1), static_cast<const T*>(sc.partial), lr, eps, l2);
+    bag_long_kernel<T, V, G, Tiles><<<static_cast<unsigned>(sms) * 4, threads, 0, s>>>(
+        table, accum, dim, n, sc.uniq, sc.info, sc.scan, sc.long_runs, static_cast<const T*>(sc.partial), lr, eps, l2);
     XREC_CUDA_CHECK(cudaGetLastError());
 }
 
+// Group size G: the power of two covering dim / V, at most 32; Tiles: the column tiles of
+// G x V a 32-thread group needs (1 below 32 threads).
 template <class T, int V>
 void dispatch_bag_step(cudaStream_t s, int sms, T* table, T* accum, std::int64_t dim, const bag_step_scratch& sc,
-                       const std::int64_t* offsets, const T* gy, const T* w, int mode, const std::int32_t* arg, T lr,
-                       T eps, T l2, std::int64_t nnz) {
+                       bool by_bag, const std::int64_t* offsets, const T* gy, const T* w, int mode,
+                       const std::int32_t* arg, T lr, T eps, T l2, std::int64_t nnz) {
     const std::int64_t lanes = (dim + V - 1) / V;
-    if (lanes <= 1) return launch_bag_step<T, V, 1>(s, sms, table, accum, dim, sc, offsets, gy, w, mode, arg, lr, eps, l2, nnz);
-    if (lanes <= 2) return launch_bag_step<T, V, 2>(s, sms, table, accum, dim, sc, offsets, gy, w, mode, arg, lr, eps, l2, nnz);
-    if (lanes <= 4) return launch_bag_step<T, V, 4>(s, sms, table, accum, dim, sc, offsets, gy, w, mode, arg, lr, eps, l2, nnz);
-    if (lanes <= 8) return launch_bag_step<T, V, 8>(s, sms, table, accum, dim, sc, offsets, gy, w, mode, arg, lr, eps, l2, nnz);
-    if (lanes <= 16) return launch_bag_step<T, V, 16>(s, sms, table, accum, dim, sc, offsets, gy, w, mode, arg, lr, eps, l2, nnz);
-    return launch_bag_step<T, V, 32>(s, sms, table, accum, dim, sc, offsets, gy, w, mode, arg, lr, eps, l2, nnz);
+#define XREC_BAG_STEP(G_, TILES_) \
+    return launch_bag_step<T, V, G_, TILES_>(s, sms, table, accum, dim, sc, by_bag, offsets, gy, w, mode, arg, lr, eps, l2, nnz)
+    if (lanes <= 1) XREC_BAG_STEP(1, 1);
+    if (lanes <= 2) XREC_BAG_STEP(2, 1);
+    if (lanes <= 4) XREC_BAG_STEP(4, 1);
+    if (lanes <= 8) XREC_BAG_STEP(8, 1);
+    if (lanes <= 16) XREC_BAG_STEP(16, 1);
+    if (lanes <= 32) XREC_BAG_STEP(32, 1);
+    if (lanes <= 64) XREC_BAG_STEP(32, 2);
+    XREC_BAG_STEP(32, embedding_bag_cuda_policy::update_tiles);
+#undef XREC_BAG_STEP
 }
 
 }  // namespace cuda_detail
@@ -651,8 +720,10 @@ void embedding_bag_adagrad(cuda tag, T* table, T* accum, std::int64_t rows, std:
     using cuda_detail::blocks_for;
     using cuda_detail::threads;
 
-    cuda_detail::bag_positions_kernel<<<blocks_for(batch * 32), threads, 0, s>>>(ids, offsets, batch, sc.pos_bag,
-                                                                                 sc.keys_in, sc.vals_in);
+    // Sort by id the bags (when the bag is all the update needs) or the positions.
+    const bool by_bag = w == nullptr && mode != pooling::max;
+    cuda_detail::bag_positions_kernel<<<blocks_for(batch * 32), threads, 0, s>>>(ids, offsets, batch, by_bag,
+                                                                                 sc.pos_bag, sc.keys_in, sc.vals_in);
     XREC_CUDA_CHECK(cudaGetLastError());
     std::size_t b = sc.cub_bytes;
     XREC_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(sc.cub_tmp, b, sc.keys_in, sc.keys_out, sc.vals_in, sc.vals_out,
@@ -660,19 +731,14 @@ void embedding_bag_adagrad(cuda tag, T* table, T* accum, std::int64_t rows, std:
     b = sc.cub_bytes;
     XREC_CUDA_CHECK(cub::DeviceRunLengthEncode::Encode(sc.cub_tmp, b, sc.keys_out, sc.uniq, sc.counts, sc.num_runs,
                                                        n, s));
-    cuda_detail::run_pieces_kernel<<<blocks_for(nnz), threads, 0, s>>>(
-        n, sc.num_runs, sc.counts, embedding_bag_cuda_policy::piece, sc.pieces, sc.multi, sc.flag);
+    cuda_detail::run_info_kernel<<<blocks_for(nnz), threads, 0, s>>>(n, sc.num_runs, sc.counts,
+                                                                     embedding_bag_cuda_policy::piece, sc.info);
     XREC_CUDA_CHECK(cudaGetLastError());
     b = sc.cub_bytes;
-    XREC_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(sc.cub_tmp, b, sc.counts, sc.starts, n, s));
-    b = sc.cub_bytes;
-    XREC_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(sc.cub_tmp, b, sc.pieces, sc.piece_off, n, s));
-    b = sc.cub_bytes;
-    XREC_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(sc.cub_tmp, b, sc.multi, sc.partial_off, n, s));
-    b = sc.cub_bytes;
-    XREC_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(sc.cub_tmp, b, sc.flag, sc.multi_idx, n, s));
-    cuda_detail::piece_map_kernel<<<blocks_for(nnz), threads, 0, s>>>(sc.num_runs, sc.pieces, sc.piece_off,
-                                                                      sc.multi_idx, sc.piece_run, sc.multi_runs);
+    XREC_CUDA_CHECK(cub::DeviceScan::ExclusiveScan(sc.cub_tmp, b, sc.info, sc.scan, cuda_detail::run_info_sum{},
+                                                   cuda_detail::run_info{0, 0, 0}, n, s));
+    cuda_detail::long_map_kernel<<<blocks_for(nnz), threads, 0, s>>>(sc.num_runs, sc.info, sc.scan, sc.piece_run,
+                                                                     sc.long_runs);
     XREC_CUDA_CHECK(cudaGetLastError());
 
     int dev = 0, sms = 0;
@@ -681,9 +747,9 @@ void embedding_bag_adagrad(cuda tag, T* table, T* accum, std::int64_t rows, std:
     const int m = mode == pooling::sum ? 0 : mode == pooling::mean ? 1 : 2;
     const T lr = static_cast<T>(opt.lr), eps = static_cast<T>(opt.eps), l2 = static_cast<T>(opt.weight_decay);
     if (vec)
-        cuda_detail::dispatch_bag_step<T, V16>(s, sms, table, accum, dim, sc, offsets, gy, w, m, arg, lr, eps, l2, nnz);
+        cuda_detail::dispatch_bag_step<T, V16>(s, sms, table, accum, dim, sc, by_bag, offsets, gy, w, m, arg, lr, eps, l2, nnz);
     else
-        cuda_detail::dispatch_bag_step<T, 1>(s, sms, table, accum, dim, sc, offsets, gy, w, m, arg, lr, eps, l2, nnz);
+        cuda_detail::dispatch_bag_step<T, 1>(s, sms, table, accum, dim, sc, by_bag, offsets, gy, w, m, arg, lr, eps, l2, nnz);
 }
 
 }  // namespace kernels
