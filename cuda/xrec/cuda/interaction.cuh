@@ -8,6 +8,7 @@
 //
 // Determinism: no atomics. Row reductions run in one block (reduce.cuh's fixed tree), sums
 // over rows run one thread per column walking the rows in order (the cpu kernels' order).
+// Float sums accumulate in double (see reduce.cuh).
 #include <cstdint>
 
 #include <cuda_runtime.h>
@@ -39,10 +40,10 @@ __global__ void __launch_bounds__(row_threads)
         const T* vr = v + r * fields * dim;
         A acc = 0;
         for (std::int64_t d = threadIdx.x; d < dim; d += blockDim.x) {
-            T s = 0;
+            A s = 0;
             for (std::int64_t f = 0; f < fields; ++f) {
-                const T x = vr[f * dim + d];
-                acc += static_cast<A>(x) * static_cast<A>(s);
+                const A x = vr[f * dim + d];
+                acc += x * s;
                 s += x;
             }
         }
@@ -63,16 +64,17 @@ __global__ void fm_bwd_v_kernel(std::int64_t rows, std::int64_t fields, std::int
                                 T* gv) {
     for (std::int64_t i = first_index(); i < rows * dim; i += grid_stride()) {
         const std::int64_t r = i / dim, d = i - r * dim;
+        using A = acc_t<T>;
         const T g = gy[r];
         const T* vr = v + r * fields * dim;
         T* gvr = gv + r * fields * dim;
-        T pre = 0, suf = 0;
+        A pre = 0, suf = 0;
         for (std::int64_t f = 0; f < fields; ++f) {
-            gvr[f * dim + d] += g * pre;
+            gvr[f * dim + d] += g * static_cast<T>(pre);
             pre += vr[f * dim + d];
         }
         for (std::int64_t f = fields - 1; f >= 0; --f) {
-            gvr[f * dim + d] += g * suf;
+            gvr[f * dim + d] += g * static_cast<T>(suf);
             suf += vr[f * dim + d];
         }
     }
@@ -95,10 +97,10 @@ __global__ void __launch_bounds__(row_threads)
         A acc = 0;
         for (std::int64_t d = threadIdx.x; d < dim; d += blockDim.x)
             for (std::int64_t i = 0; i + 1 < F; ++i) {
-                T w = 0;
+                A w = 0;
                 for (std::int64_t j = i + 1; j < F; ++j)
-                    w += Ru[i * F + j] * vr[j * dim + d];
-                acc += static_cast<A>(vr[i * dim + d]) * static_cast<A>(w);
+                    w += static_cast<A>(Ru[i * F + j]) * static_cast<A>(vr[j * dim + d]);
+                acc += static_cast<A>(vr[i * dim + d]) * w;
             }
         const A tot = block_sum(acc, sh);
         if (threadIdx.x == 0)
@@ -113,10 +115,10 @@ __global__ void fwfm_bwd_v_kernel(std::int64_t rows, std::int64_t F, std::int64_
     for (std::int64_t e = first_index(); e < rows * F * dim; e += grid_stride()) {
         const std::int64_t r = e / (F * dim), rem = e - r * F * dim, i = rem / dim, d = rem - i * dim;
         const T* vr = v + r * F * dim;
-        T w = 0;
+        acc_t<T> w = 0;
         for (std::int64_t j = 0; j < F; ++j)
-            w += R[i * F + j] * vr[j * dim + d];
-        gv[e] += gy[r] * w;
+            w += static_cast<acc_t<T>>(R[i * F + j]) * static_cast<acc_t<T>>(vr[j * dim + d]);
+        gv[e] += gy[r] * static_cast<T>(w);
     }
 }
 
@@ -166,13 +168,13 @@ __global__ void bi_interaction_fwd_kernel(std::int64_t rows, std::int64_t fields
     for (std::int64_t e = first_index(); e < rows * dim; e += grid_stride()) {
         const std::int64_t r = e / dim, d = e - r * dim;
         const T* vr = v + r * fields * dim;
-        T s = 0, acc = 0;
+        acc_t<T> s = 0, acc = 0;
         for (std::int64_t f = 0; f < fields; ++f) {
-            const T x = vr[f * dim + d];
+            const acc_t<T> x = vr[f * dim + d];
             acc += x * s;
             s += x;
         }
-        y[e] = acc;
+        y[e] = static_cast<T>(acc);
     }
 }
 template <class T>
@@ -183,13 +185,13 @@ __global__ void bi_interaction_bwd_kernel(std::int64_t rows, std::int64_t fields
         const T* vr = v + r * fields * dim;
         T* gvr = gv + r * fields * dim;
         const T g = gy[e];
-        T pre = 0, suf = 0;
+        acc_t<T> pre = 0, suf = 0;
         for (std::int64_t f = 0; f < fields; ++f) {
-            gvr[f * dim + d] += g * pre;
+            gvr[f * dim + d] += g * static_cast<T>(pre);
             pre += vr[f * dim + d];
         }
         for (std::int64_t f = fields - 1; f >= 0; --f) {
-            gvr[f * dim + d] += g * suf;
+            gvr[f * dim + d] += g * static_cast<T>(suf);
             suf += vr[f * dim + d];
         }
     }
@@ -255,17 +257,18 @@ template <class T>
 __global__ void cross_v1_bwd_cols_kernel(std::int64_t rows, std::int64_t d, const T* xl, const T* t, const T* gy, T* gw,
                                          T* gb) {
     for (std::int64_t i = first_index(); i < d; i += grid_stride()) {
-        T sw = gw ? gw[i] : T(0), sb = gb ? gb[i] : T(0);
+        using A = acc_t<T>;
+        A sw = gw ? gw[i] : T(0), sb = gb ? gb[i] : T(0);
         for (std::int64_t r = 0; r < rows; ++r) {
             if (gw)
-                sw = dev_fma(t[r], xl[r * d + i], sw);
+                sw += static_cast<A>(t[r]) * static_cast<A>(xl[r * d + i]);
             if (gb)
                 sb += gy[r * d + i];
         }
         if (gw)
-            gw[i] = sw;
+            gw[i] = static_cast<T>(sw);
         if (gb)
-            gb[i] = sb;
+            gb[i] = static_cast<T>(sb);
     }
 }
 
@@ -297,10 +300,10 @@ __global__ void cross_combine_bwd_elem_kernel(std::int64_t n, const T* x0, const
 template <class T>
 __global__ void cross_combine_colsum_kernel(std::int64_t rows, std::int64_t d, const T* x0, const T* gy, T* colsum) {
     for (std::int64_t i = first_index(); i < d; i += grid_stride()) {
-        T s = colsum[i];
+        acc_t<T> s = colsum[i];
         for (std::int64_t r = 0; r < rows; ++r)
-            s += gy[r * d + i] * x0[r * d + i];
-        colsum[i] = s;
+            s += gy[r * d + i] * x0[r * d + i];  // the cpu's dz value, summed in double
+        colsum[i] = static_cast<T>(s);
     }
 }
 
@@ -382,13 +385,13 @@ __global__ void prelu_bwd_dx_kernel(std::int64_t rows, std::int64_t n, const T* 
 template <class T>
 __global__ void prelu_bwd_da_cols_kernel(std::int64_t rows, std::int64_t n, const T* x, const T* dy, T* da) {
     for (std::int64_t c = first_index(); c < n; c += grid_stride()) {
-        T s = da[c];
+        acc_t<T> s = da[c];
         for (std::int64_t r = 0; r < rows; ++r) {
             const T v = x[r * n + c];
             if (!(v > T(0)))
-                s += dy[r * n + c] * v;
+                s += static_cast<acc_t<T>>(dy[r * n + c]) * static_cast<acc_t<T>>(v);
         }
-        da[c] = s;
+        da[c] = static_cast<T>(s);
     }
 }
 // Shared slope gradient: one block sums all elements.
@@ -435,30 +438,30 @@ template <class T>
 __global__ void dice_col_alpha_sums_kernel(std::int64_t rows, std::int64_t n, std::int64_t ld, const T* x, const T* p,
                                            const T* dy, T* sa) {
     for (std::int64_t c = first_index(); c < n; c += grid_stride()) {
-        T s = sa[c];
+        acc_t<T> s = sa[c];
         for (std::int64_t r = 0; r < rows; ++r) {
             const std::int64_t o = r * ld + c;
-            s += dy[o] * x[o] * (T(1) - p[o]);
+            s += static_cast<acc_t<T>>(dy[o]) * static_cast<acc_t<T>>(x[o]) * static_cast<acc_t<T>>(T(1) - p[o]);
         }
-        sa[c] = s;
+        sa[c] = static_cast<T>(s);
     }
 }
 
 template <class T>
 __global__ void bn_col_moments_kernel(std::int64_t rows, std::int64_t n, std::int64_t ld, const T* x, T* mean, T* var) {
-    const T inv = T(1) / static_cast<T>(rows);
+    using A = acc_t<T>;
     for (std::int64_t c = first_index(); c < n; c += grid_stride()) {
-        T s = 0;
+        A s = 0;
         for (std::int64_t r = 0; r < rows; ++r)
             s += x[r * ld + c];
-        const T mu = inv * s;
-        T v = 0;
+        const T mu = static_cast<T>(s / static_cast<A>(rows));
+        A v = 0;
         for (std::int64_t r = 0; r < rows; ++r) {
-            const T d = x[r * ld + c] - mu;
+            const A d = static_cast<A>(x[r * ld + c]) - static_cast<A>(mu);
             v += d * d;
         }
         mean[c] = mu;
-        var[c] = inv * v;
+        var[c] = static_cast<T>(v / static_cast<A>(rows));
     }
 }
 template <class T>
@@ -476,15 +479,15 @@ template <class T>
 __global__ void bn_col_grad_sums_kernel(std::int64_t rows, std::int64_t n, std::int64_t ld, const T* x, const T* m,
                                         const T* rstd, const T* g, T* s1, T* s2) {
     for (std::int64_t c = first_index(); c < n; c += grid_stride()) {
-        T a1 = s1[c], a2 = s2[c];
+        acc_t<T> a1 = s1[c], a2 = s2[c];
         for (std::int64_t r = 0; r < rows; ++r) {
             const std::int64_t o = r * ld + c;
             const T xh = (x[o] - m[c]) * rstd[c];
             a1 += g[o];
-            a2 += g[o] * xh;
+            a2 += static_cast<acc_t<T>>(g[o]) * static_cast<acc_t<T>>(xh);
         }
-        s1[c] = a1;
-        s2[c] = a2;
+        s1[c] = static_cast<T>(a1);
+        s2[c] = static_cast<T>(a2);
     }
 }
 template <class T>

@@ -328,18 +328,19 @@ template <class T>
 __global__ void layer_norm_bwd_params_kernel(std::int64_t rows, std::int64_t cols, const T* x, const T* mean,
                                              const T* rstd, const T* dy, T* dgamma, T* dbeta) {
     for (std::int64_t c = first_index(); c < cols; c += grid_stride()) {
-        T sg = dgamma ? dgamma[c] : T(0), sb = dbeta ? dbeta[c] : T(0);
+        using A = acc_t<T>;
+        A sg = dgamma ? dgamma[c] : T(0), sb = dbeta ? dbeta[c] : T(0);
         for (std::int64_t r = 0; r < rows; ++r) {
             const T g = dy[r * cols + c];
             if (dgamma)
-                sg += g * ((x[r * cols + c] - mean[r]) * rstd[r]);
+                sg += static_cast<A>(g) * static_cast<A>((x[r * cols + c] - mean[r]) * rstd[r]);
             if (dbeta)
                 sb += g;
         }
         if (dgamma)
-            dgamma[c] = sg;
+            dgamma[c] = static_cast<T>(sg);
         if (dbeta)
-            dbeta[c] = sb;
+            dbeta[c] = static_cast<T>(sb);
     }
 }
 

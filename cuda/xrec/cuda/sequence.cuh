@@ -73,10 +73,10 @@ __global__ void gru_cell_bwd_kernel(std::int64_t rows, std::int64_t H, const T* 
 template <class T>
 __global__ void segment_weighted_sum_kernel(std::int64_t len, std::int64_t D, const T* w, const T* x, T* out) {
     for (std::int64_t d = first_index(); d < D; d += grid_stride()) {
-        T s = 0;
+        acc_t<T> s = 0;
         for (std::int64_t j = 0; j < len; ++j)
-            s += w[j] * x[j * D + d];
-        out[d] = s;
+            s += static_cast<acc_t<T>>(w[j]) * static_cast<acc_t<T>>(x[j * D + d]);
+        out[d] = static_cast<T>(s);
     }
 }
 template <class T>
