@@ -4,6 +4,7 @@
 #include <concepts>
 #include <cstdint>
 #include <memory>
+#include <vector>
 
 #include "xrec/core/arena.hpp"
 #include "xrec/core/error.hpp"
@@ -107,7 +108,17 @@ public:
         check(loss);
         XREC_CHECK(loss.requires_grad(), "train_ctx::backward: the loss does not depend on any parameter");
         T* g = grad(loss);
-        for (std::int64_t i = 0; i < loss.numel(); ++i) g[i] += seed;
+        if constexpr (backend_memory<B>::host_accessible) {
+            for (std::int64_t i = 0; i < loss.numel(); ++i) g[i] += seed;
+        } else if (seed != T(0)) {
+            // Device memory: the host cannot add in place, so the (usually one-element)
+            // gradient makes a round trip. A zero seed (the caller set the gradient) skips it.
+            std::vector<T> h(static_cast<std::size_t>(loss.numel()));
+            const std::size_t bytes = h.size() * sizeof(T);
+            backend_memory<B>::copy(h.data(), g, bytes);
+            for (T& v : h) v += seed;
+            backend_memory<B>::copy(g, h.data(), bytes);
+        }
         tape_.replay(this);
     }
 
