@@ -23,7 +23,7 @@ if [ "$what" = tests ] || [ "$what" = all ]; then
         grep -E "^FAIL|passed|FAILED|seed" "$OUT/$(basename "$t").log" | head -40
         [ $r -ne 0 ] && rc=1
         echo "=== $(basename "$t") under compute-sanitizer memcheck"
-        compute-sanitizer --tool memcheck --report-api-errors no --error-exitcode 9 "$t" >"$OUT/$(basename "$t").memcheck.log" 2>&1; r=$?
+        timeout 240 compute-sanitizer --tool memcheck --report-api-errors no --error-exitcode 9 "$t" >"$OUT/$(basename "$t").memcheck.log" 2>&1; r=$?
         tail -2 "$OUT/$(basename "$t").memcheck.log"
         [ $r -ne 0 ] && rc=1
     done
