@@ -13,6 +13,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <map>
 #include <memory>
 #include <string>
@@ -152,10 +153,11 @@ bag_case& get_case(std::int64_t rows, std::int64_t dim, bool zipf) {
     return *p;
 }
 
-template <int Threads, int Unroll>
+template <int Threads, int Unroll, bool Hint = false>
 struct fwd_policy : xrec::embedding_bag_cuda_policy {
     static constexpr int block_threads = Threads;
     static constexpr int unroll = Unroll;
+    static constexpr bool l2_row_hint = Hint;
 };
 
 template <class P = xrec::embedding_bag_cuda_policy>
@@ -189,27 +191,33 @@ void embedding_bag_adagrad(benchmark::State& st, std::int64_t rows, std::int64_t
     set_counters(st, c.gathered_bytes());
 }
 
+// XREC_BENCH_MIN_TIME=S overrides every case's minimum time (short runs under a profiler).
+double min_time(double dflt) {
+    const char* e = std::getenv("XREC_BENCH_MIN_TIME");
+    return e ? std::atof(e) : dflt;
+}
+
 // The forward's tuning sweep (block threads x rows in flight per thread) at D = 64.
-template <int Threads, int Unroll>
-void register_sweep() {
-    const std::string name = "sweep/embedding_bag_fwd/D64/uniform/threads" + std::to_string(Threads) + "/unroll" +
-                             std::to_string(Unroll);
+template <int Threads, int Unroll, bool Hint = false>
+void register_sweep(bool zipf = false) {
+    const std::string name = std::string("sweep/embedding_bag_fwd/D64/") + (zipf ? "zipf" : "uniform") + "/threads" +
+                             std::to_string(Threads) + "/unroll" + std::to_string(Unroll) + (Hint ? "/l2hint" : "");
     benchmark::RegisterBenchmark(name.c_str(),
-                                 [](benchmark::State& st) {
-                                     embedding_bag_fwd<fwd_policy<Threads, Unroll>>(st, 10'000'000, 64, false);
+                                 [zipf](benchmark::State& st) {
+                                     embedding_bag_fwd<fwd_policy<Threads, Unroll, Hint>>(st, 10'000'000, 64, zipf);
                                  })
         ->UseManualTime()
         ->Unit(benchmark::kMicrosecond)
-        ->MinTime(0.3);
+        ->MinTime(min_time(0.3));
 }
 
 void register_all() {
     auto* r = benchmark::RegisterBenchmark("device/read_bandwidth", read_bandwidth);
-    r->UseManualTime()->Unit(benchmark::kMillisecond)->MinTime(0.5);
+    r->UseManualTime()->Unit(benchmark::kMillisecond)->MinTime(min_time(0.5));
     benchmark::RegisterBenchmark("device/copy_bandwidth", copy_bandwidth)
         ->UseManualTime()
         ->Unit(benchmark::kMillisecond)
-        ->MinTime(0.5);
+        ->MinTime(min_time(0.5));
     for (bool zipf : {false, true})
         for (std::int64_t dim : {32, 64, 128}) {
             const std::string tail = "/rows10M/D" + std::to_string(dim) + "/ids32/b65536/" + (zipf ? "zipf" : "uniform");
@@ -217,21 +225,23 @@ void register_all() {
                                          [=](benchmark::State& st) { embedding_bag_fwd<>(st, 10'000'000, dim, zipf); })
                 ->UseManualTime()
                 ->Unit(benchmark::kMicrosecond)
-                ->MinTime(0.5);
+                ->MinTime(min_time(0.5));
             benchmark::RegisterBenchmark(("embedding_bag_adagrad" + tail).c_str(), [=](benchmark::State& st) {
                 embedding_bag_adagrad(st, 10'000'000, dim, zipf);
             })
                 ->UseManualTime()
                 ->Unit(benchmark::kMicrosecond)
-                ->MinTime(0.5);
+                ->MinTime(min_time(0.5));
         }
     register_sweep<128, 4>();
-    register_sweep<128, 8>();
-    register_sweep<128, 16>();
+    register_sweep<256, 2>();
     register_sweep<256, 4>();
+    register_sweep<256, 8>();
     register_sweep<256, 16>();
-    register_sweep<512, 8>();
-    register_sweep<512, 16>();
+    register_sweep<512, 4>();
+    register_sweep<256, 4, true>();
+    register_sweep<256, 4, true>(true);
+    register_sweep<256, 4>(true);
 }
 
 // Measures the read bandwidth once up front so every case can report its fraction of it.

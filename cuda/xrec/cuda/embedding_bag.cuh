@@ -40,15 +40,18 @@ namespace xrec {
 
 /// Tuning values of the cuda embedding_bag kernels (CUB-style policy members).
 struct embedding_bag_cuda_policy {
-    /// Threads per block of the forward and of the update. First estimate (a common choice
-    /// for gather kernels on Hopper); not swept yet.
+    /// Threads per block of the forward and of the update, and rows each thread of the
+    /// forward loads before it adds any (memory-level parallelism). Swept on the H100
+    /// (bench/cuda `sweep/`, 10M x 64 table, 65,536 bags of 32, 2026-11-23): 128 or 256
+    /// threads with 4 rows in flight ran 0.204 ms, 8 rows 0.207, 16 rows 0.209; block size
+    /// made no difference (128..512 within 1%).
     static constexpr int block_threads = 256;
-    /// Rows each thread loads before accumulating (memory-level parallelism). 8 rows x 16 B
-    /// per thread: for D = 64, 16 threads per bag, a 256-thread block keeps 32 KiB in flight.
-    static constexpr int unroll = 8;
-    /// Forward row loads ask L2 for the whole row (ld.global.nc...L2::256B / L2::128B) when
-    /// rows are 256 or 128 bytes apart; not measured yet.
-    static constexpr bool l2_row_hint = true;
+    static constexpr int unroll = 4;
+    /// Forward row loads ask L2 for the whole row (ld.global.nc.L1::no_allocate.L2::256B or
+    /// 128B) when rows are 256 or 128 bytes apart. Off: on the H100 (bench/cuda sweep,
+    /// 2026-11-23) it made D = 64 slower, 0.211 vs 0.207 ms with uniform ids and 0.109 vs
+    /// 0.084 ms with Zipf ids (hot rows then miss L1).
+    static constexpr bool l2_row_hint = false;
     /// Blocks per SM of the grid-stride update over unique ids.
     static constexpr int update_blocks_per_sm = 8;
     /// Column tiles of G x V each that one update group keeps in registers, so the widest
@@ -58,8 +61,11 @@ struct embedding_bag_cuda_policy {
     /// Sorted positions per piece of a run in the fused backward: a run of up to `piece`
     /// positions (nearly every id with uniform ids) is summed and applied by one group; a
     /// longer run (a hot id) is cut into pieces summed in parallel, then added in order by a
-    /// block. First estimate.
-    static constexpr int piece = 32;
+    /// block. With 32 the block adding a Zipf(1.05) hot id's 4,000 partial rows took 140 us
+    /// of a 0.58 ms step (ncu, H100, D = 64); 128 cuts those rows 4x.
+    static constexpr int piece = 128;
+    /// Gradient rows (and partial rows) each update thread loads before adding any.
+    static constexpr int update_unroll = 4;
 };
 
 namespace kernels {
@@ -349,7 +355,43 @@ __device__ inline void sum_piece(T (&g)[Tiles][V], int t, std::int64_t dim, std:
                                  const std::int32_t* __restrict__ arg) {
     for (int k = 0; k < Tiles; ++k)
         for (int v = 0; v < V; ++v) g[k][v] = T(0);
-    for (std::int32_t j = p_beg; j < p_end; ++j) {
+    std::int32_t j = p_beg;
+    if (mode != 2) {
+        // UJ rows' loads issued before any add (latency), added in position order (the same
+        // sums, bit for bit, as the one-at-a-time loop below).
+        constexpr int UJ = embedding_bag_cuda_policy::update_unroll;
+        for (; j + UJ <= p_end; j += UJ) {
+            std::int32_t bb[UJ];
+            T cf[UJ];
+#pragma unroll
+            for (int u = 0; u < UJ; ++u) {
+                const std::int32_t p = sorted[j + u];
+                bb[u] = by_bag ? p : pos_bag[p];
+                cf[u] = w ? w[p] : T(1);
+            }
+            if (mode == 1)
+#pragma unroll
+                for (int u = 0; u < UJ; ++u) cf[u] /= static_cast<T>(offsets[bb[u] + 1] - offsets[bb[u]]);
+            T x[UJ][Tiles][V];
+#pragma unroll
+            for (int u = 0; u < UJ; ++u)
+#pragma unroll
+                for (int k = 0; k < Tiles; ++k) {
+                    const std::int64_t c = static_cast<std::int64_t>(k) * G * V + static_cast<std::int64_t>(t) * V;
+                    if (c < dim) vload<T, V>(gy + static_cast<std::int64_t>(bb[u]) * dim + c, x[u][k]);
+                }
+#pragma unroll
+            for (int u = 0; u < UJ; ++u)
+#pragma unroll
+                for (int k = 0; k < Tiles; ++k) {
+                    const std::int64_t c = static_cast<std::int64_t>(k) * G * V + static_cast<std::int64_t>(t) * V;
+                    if (c < dim)
+#pragma unroll
+                        for (int v = 0; v < V; ++v) g[k][v] += cf[u] * x[u][k][v];
+                }
+        }
+    }
+    for (; j < p_end; ++j) {
         const std::int32_t p = sorted[j];
         const std::int32_t b = by_bag ? p : pos_bag[p];
         T coef = w ? w[p] : T(1);
@@ -378,8 +420,8 @@ __device__ inline void sum_piece(T (&g)[Tiles][V], int t, std::int64_t dim, std:
 // group (wv: the row's current values, loaded by the caller). The mean square is reduced over
 // the group with a fixed butterfly, so the result depends on the data alone.
 template <class T, int V, int G, int Tiles>
-__device__ inline void adagrad_row(T (&g)[Tiles][V], T (&wv)[Tiles][V], int t, unsigned lane_mask, T* __restrict__ wrow,
-                                   T* __restrict__ acc_row, std::int64_t dim, T lr, T eps, T l2) {
+__device__ inline void adagrad_row(T (&g)[Tiles][V], T (&wv)[Tiles][V], T acc_old, int t, unsigned lane_mask,
+                                   T* __restrict__ wrow, T* __restrict__ acc_row, std::int64_t dim, T lr, T eps, T l2) {
     T sq = 0;
 #pragma unroll
     for (int k = 0; k < Tiles; ++k) {
@@ -393,7 +435,7 @@ __device__ inline void adagrad_row(T (&g)[Tiles][V], T (&wv)[Tiles][V], int t, u
     }
 #pragma unroll
     for (int o = G / 2; o > 0; o /= 2) sq += __shfl_xor_sync(lane_mask, sq, o, G);
-    const T a = *acc_row + sq / static_cast<T>(dim);
+    const T a = acc_old + sq / static_cast<T>(dim);
     const T m = lr / (sqrt(a) + eps);
     if (t == 0) *acc_row = a;
 #pragma unroll
@@ -422,46 +464,41 @@ __device__ inline unsigned group_mask() {
     return G == 32 ? 0xffffffffu : (((1u << G) - 1u) << ((threadIdx.x % 32) / G * G));
 }
 
-// Per-run counts scanned together: count (-> start of the run in the sorted order), multi
-// (pieces of a run longer than one piece, else 0 -> its first partial row) and flag (1 for
-// such a run -> its index among the long runs).
-struct run_info {
-    std::int32_t count, multi, flag;
-};
-struct run_info_sum {
-    __host__ __device__ run_info operator()(const run_info& a, const run_info& b) const {
-        return {a.count + b.count, a.multi + b.multi, a.flag + b.flag};
-    }
-};
+// The long-run bookkeeping of run r packed in 64 bits for one scan: low half = pieces of a
+// run longer than one piece (else 0; scanned: its first partial row), high half = 1 for
+// such a run (scanned: its index among the long runs).
+__device__ inline std::int32_t lo32(std::uint64_t x) { return static_cast<std::int32_t>(x & 0xffffffffu); }
+__device__ inline std::int32_t hi32(std::uint64_t x) { return static_cast<std::int32_t>(x >> 32); }
 
-// info[r] for all n slots; slots past the number of runs get zeros, so the scan over all n
-// (whose length the host knows) sees nothing there.
+// For all n slots: counts past the number of runs set to 0 (the scans run over all n, whose
+// length the host knows, and must see nothing there) and the packed long-run word.
 __global__ void run_info_kernel(std::int32_t n, const std::int32_t* __restrict__ num_runs,
-                                const std::int32_t* __restrict__ counts, std::int32_t piece,
-                                run_info* __restrict__ info) {
+                                std::int32_t* __restrict__ counts, std::int32_t piece,
+                                std::uint64_t* __restrict__ info) {
     const std::int32_t runs = *num_runs;
     for (std::int64_t r = first_index(); r < n; r += grid_stride()) {
-        run_info x{0, 0, 0};
+        std::uint64_t x = 0;
         if (r < runs) {
             const std::int32_t c = counts[r], np = (c + piece - 1) / piece;
-            x = {c, np > 1 ? np : 0, np > 1 ? 1 : 0};
+            if (np > 1) x = static_cast<std::uint64_t>(np) | (std::uint64_t{1} << 32);
+        } else {
+            counts[r] = 0;
         }
         info[r] = x;
     }
 }
 
-// For each long run r: piece_run[scan[r].multi + k] = r for its pieces, and
-// long_runs[scan[r].flag] = r.
-__global__ void long_map_kernel(const std::int32_t* __restrict__ num_runs, const run_info* __restrict__ info,
-                                const run_info* __restrict__ scan, std::int32_t* __restrict__ piece_run,
+// For each long run r: piece_run[first partial + k] = r for its pieces, long_runs[its index] = r.
+__global__ void long_map_kernel(const std::int32_t* __restrict__ num_runs, const std::uint64_t* __restrict__ info,
+                                const std::uint64_t* __restrict__ scan, std::int32_t* __restrict__ piece_run,
                                 std::int32_t* __restrict__ long_runs) {
     const std::int32_t runs = *num_runs;
     for (std::int64_t r = first_index(); r < runs; r += grid_stride()) {
-        const run_info x = info[r];
-        if (!x.flag) continue;
-        const run_info o = scan[r];
-        for (std::int32_t k = 0; k < x.multi; ++k) piece_run[o.multi + k] = static_cast<std::int32_t>(r);
-        long_runs[o.flag] = static_cast<std::int32_t>(r);
+        const std::uint64_t x = info[r];
+        if (!x) continue;
+        const std::uint64_t o = scan[r];
+        for (std::int32_t k = 0; k < lo32(x); ++k) piece_run[lo32(o) + k] = static_cast<std::int32_t>(r);
+        long_runs[hi32(o)] = static_cast<std::int32_t>(r);
     }
 }
 
@@ -473,7 +510,8 @@ template <class T, int V, int G, int Tiles>
 __global__ void __launch_bounds__(embedding_bag_cuda_policy::block_threads)
     bag_pieces_kernel(T* __restrict__ table, T* __restrict__ accum, std::int64_t dim, std::int32_t L, std::int32_t n,
                       const std::uint32_t* __restrict__ uniq, const std::int32_t* __restrict__ num_runs,
-                      const run_info* __restrict__ info, const run_info* __restrict__ scan,
+                      const std::int32_t* __restrict__ counts, const std::int32_t* __restrict__ starts,
+                      const std::uint64_t* __restrict__ info, const std::uint64_t* __restrict__ scan,
                       const std::int32_t* __restrict__ piece_run, T* __restrict__ partial, bool by_bag,
                       const std::int32_t* __restrict__ sorted, const std::int32_t* __restrict__ pos_bag,
                       const std::int64_t* __restrict__ offsets, const T* __restrict__ gy, const T* __restrict__ w,
@@ -481,28 +519,27 @@ __global__ void __launch_bounds__(embedding_bag_cuda_policy::block_threads)
     const int t = static_cast<int>(threadIdx.x % G);
     const std::int64_t groups = static_cast<std::int64_t>(gridDim.x) * (blockDim.x / G);
     const std::int32_t runs = *num_runs;
-    const std::int64_t total = runs + scan[n - 1].multi + info[n - 1].multi;
+    const std::int64_t total = runs + lo32(scan[n - 1]) + lo32(info[n - 1]);
     const unsigned mask = group_mask<G>();
     for (std::int64_t q = static_cast<std::int64_t>(blockIdx.x) * (blockDim.x / G) + threadIdx.x / G; q < total;
          q += groups) {
         T g[Tiles][V];
         if (q < runs) {
-            const run_info x = info[q];
-            if (x.flag) continue;  // a long run: its pieces are later items
+            if (info[q]) continue;  // a long run: its pieces are later items
             const std::int64_t row = uniq[q];
             T wv[Tiles][V];
-            load_row<T, V, Tiles>(wv, t, G, table + row * dim, dim);  // in flight during the sum
-            const std::int32_t p_beg = scan[q].count;
-            sum_piece<T, V, G, Tiles>(g, t, dim, p_beg, p_beg + x.count, by_bag, sorted, pos_bag, offsets, gy, w,
+            load_row<T, V, Tiles>(wv, t, G, table + row * dim, dim);  // row and accumulator in flight
+            const T acc_old = accum[row];                             // during the sum
+            const std::int32_t p_beg = starts[q];
+            sum_piece<T, V, G, Tiles>(g, t, dim, p_beg, p_beg + counts[q], by_bag, sorted, pos_bag, offsets, gy, w,
                                       mode, arg);
-            adagrad_row<T, V, G, Tiles>(g, wv, t, mask, table + row * dim, accum + row, dim, lr, eps, l2);
+            adagrad_row<T, V, G, Tiles>(g, wv, acc_old, t, mask, table + row * dim, accum + row, dim, lr, eps, l2);
         } else {
             const std::int32_t piece = static_cast<std::int32_t>(q - runs);
             const std::int32_t r = piece_run[piece];
-            const run_info o = scan[r];
-            const std::int32_t k = piece - o.multi;
-            const std::int32_t run_end = o.count + info[r].count;
-            const std::int32_t p_beg = o.count + k * L;
+            const std::int32_t k = piece - lo32(scan[r]);
+            const std::int32_t run_end = starts[r] + counts[r];
+            const std::int32_t p_beg = starts[r] + k * L;
             const std::int32_t p_end = p_beg + L < run_end ? p_beg + L : run_end;
             sum_piece<T, V, G, Tiles>(g, t, dim, p_beg, p_end, by_bag, sorted, pos_bag, offsets, gy, w, mode, arg);
             T* prow = partial + static_cast<std::int64_t>(piece) * dim;
@@ -522,20 +559,41 @@ __global__ void __launch_bounds__(embedding_bag_cuda_policy::block_threads)
 template <class T, int V, int G, int Tiles>
 __global__ void __launch_bounds__(embedding_bag_cuda_policy::block_threads)
     bag_long_kernel(T* __restrict__ table, T* __restrict__ accum, std::int64_t dim, std::int32_t n,
-                    const std::uint32_t* __restrict__ uniq, const run_info* __restrict__ info,
-                    const run_info* __restrict__ scan, const std::int32_t* __restrict__ long_runs,
+                    const std::uint32_t* __restrict__ uniq, const std::uint64_t* __restrict__ info,
+                    const std::uint64_t* __restrict__ scan, const std::int32_t* __restrict__ long_runs,
                     const T* __restrict__ partial, T lr, T eps, T l2) {
     constexpr int groups = embedding_bag_cuda_policy::block_threads / G;
     __shared__ T red[groups][Tiles * G * V];
     const int t = static_cast<int>(threadIdx.x % G), j = static_cast<int>(threadIdx.x / G);
-    const std::int32_t num_long = scan[n - 1].flag + info[n - 1].flag;
+    const std::int32_t num_long = hi32(scan[n - 1]) + hi32(info[n - 1]);
     for (std::int32_t m = static_cast<std::int32_t>(blockIdx.x); m < num_long; m += static_cast<std::int32_t>(gridDim.x)) {
         const std::int32_t r = long_runs[m];
-        const std::int32_t np = info[r].multi, base = scan[r].multi;
+        const std::int32_t np = lo32(info[r]), base = lo32(scan[r]);
         T g[Tiles][V];
         for (int k = 0; k < Tiles; ++k)
             for (int v = 0; v < V; ++v) g[k][v] = T(0);
-        for (std::int32_t q = j; q < np; q += groups) {
+        constexpr int UJ = embedding_bag_cuda_policy::update_unroll;
+        std::int32_t q = j;
+        for (; q + (UJ - 1) * groups < np; q += UJ * groups) {  // UJ partial rows in flight, added in order
+            T x[UJ][Tiles][V];
+#pragma unroll
+            for (int u = 0; u < UJ; ++u)
+#pragma unroll
+                for (int k = 0; k < Tiles; ++k) {
+                    const std::int64_t c = static_cast<std::int64_t>(k) * G * V + static_cast<std::int64_t>(t) * V;
+                    if (c < dim) vload<T, V>(partial + static_cast<std::int64_t>(base + q + u * groups) * dim + c, x[u][k]);
+                }
+#pragma unroll
+            for (int u = 0; u < UJ; ++u)
+#pragma unroll
+                for (int k = 0; k < Tiles; ++k) {
+                    const std::int64_t c = static_cast<std::int64_t>(k) * G * V + static_cast<std::int64_t>(t) * V;
+                    if (c < dim)
+#pragma unroll
+                        for (int v = 0; v < V; ++v) g[k][v] += x[u][k][v];
+                }
+        }
+        for (; q < np; q += groups) {
             const T* prow = partial + static_cast<std::int64_t>(base + q) * dim;
 #pragma unroll
             for (int k = 0; k < Tiles; ++k) {
@@ -561,7 +619,8 @@ __global__ void __launch_bounds__(embedding_bag_cuda_policy::block_threads)
             const std::int64_t row = uniq[r];
             T wv[Tiles][V];
             load_row<T, V, Tiles>(wv, t, G, table + row * dim, dim);
-            adagrad_row<T, V, G, Tiles>(g, wv, t, group_mask<G>(), table + row * dim, accum + row, dim, lr, eps, l2);
+            adagrad_row<T, V, G, Tiles>(g, wv, accum[row], t, group_mask<G>(), table + row * dim, accum + row, dim, lr,
+                                        eps, l2);
         }
         __syncthreads();
     }
@@ -569,9 +628,9 @@ __global__ void __launch_bounds__(embedding_bag_cuda_policy::block_threads)
 
 // Device pointers of the fused step's scratch, carved out of one workspace.
 struct bag_step_scratch {
-    std::int32_t *pos_bag, *vals_in, *vals_out, *counts, *num_runs, *piece_run, *long_runs;
+    std::int32_t *pos_bag, *vals_in, *vals_out, *counts, *starts, *num_runs, *piece_run, *long_runs;
     std::uint32_t *keys_in, *keys_out, *uniq;
-    run_info *info, *scan;
+    std::uint64_t *info, *scan;
     void* partial;
     void* cub_tmp;
     std::size_t cub_bytes;
@@ -602,11 +661,14 @@ std::size_t carve(char* base, std::int64_t nnz, std::int64_t rows, std::int64_t 
     XREC_CUDA_CHECK(cub::DeviceRunLengthEncode::Encode(
         nullptr, rle_b, static_cast<const std::uint32_t*>(nullptr), static_cast<std::uint32_t*>(nullptr),
         static_cast<std::int32_t*>(nullptr), static_cast<std::int32_t*>(nullptr), n));
-    XREC_CUDA_CHECK(cub::DeviceScan::ExclusiveScan(nullptr, scan_b, static_cast<const run_info*>(nullptr),
-                                                   static_cast<run_info*>(nullptr), run_info_sum{},
-                                                   run_info{0, 0, 0}, n));
+    XREC_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(nullptr, scan_b, static_cast<const std::int32_t*>(nullptr),
+                                                  static_cast<std::int32_t*>(nullptr), n));
+    std::size_t scan64_b = 0;
+    XREC_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(nullptr, scan64_b, static_cast<const std::uint64_t*>(nullptr),
+                                                  static_cast<std::uint64_t*>(nullptr), n));
     std::size_t cub_b = sort_b > rle_b ? sort_b : rle_b;
     if (scan_b > cub_b) cub_b = scan_b;
+    if (scan64_b > cub_b) cub_b = scan64_b;
     const std::size_t n4 = static_cast<std::size_t>(nnz) * 4;
     std::size_t off = 0;
     auto take = [&](std::size_t bytes) {
@@ -621,9 +683,10 @@ std::size_t carve(char* base, std::int64_t nnz, std::int64_t rows, std::int64_t 
     sc.vals_out = reinterpret_cast<std::int32_t*>(take(n4));
     sc.uniq = reinterpret_cast<std::uint32_t*>(take(n4));
     sc.counts = reinterpret_cast<std::int32_t*>(take(n4));
+    sc.starts = reinterpret_cast<std::int32_t*>(take(n4));
     sc.num_runs = reinterpret_cast<std::int32_t*>(take(4));
-    sc.info = reinterpret_cast<run_info*>(take(static_cast<std::size_t>(nnz) * sizeof(run_info)));
-    sc.scan = reinterpret_cast<run_info*>(take(static_cast<std::size_t>(nnz) * sizeof(run_info)));
+    sc.info = reinterpret_cast<std::uint64_t*>(take(static_cast<std::size_t>(nnz) * 8));
+    sc.scan = reinterpret_cast<std::uint64_t*>(take(static_cast<std::size_t>(nnz) * 8));
     // After the sort its inputs are free: the long-run maps reuse them.
     sc.piece_run = reinterpret_cast<std::int32_t*>(sc.keys_in);
     sc.long_runs = sc.vals_in;
@@ -645,7 +708,8 @@ void launch_bag_step(cudaStream_t s, int sms, T* table, T* accum, std::int64_t d
     const std::int64_t cap = static_cast<std::int64_t>(sms) * embedding_bag_cuda_policy::update_blocks_per_sm;
     blocks = blocks > cap ? cap : (blocks < 1 ? 1 : blocks);
     bag_pieces_kernel<T, V, G, Tiles><<<static_cast<unsigned>(blocks), threads, 0, s>>>(
-        table, accum, dim, L, n, sc.uniq, sc.num_runs, sc.info, sc.scan, sc.piece_run, static_cast<T*>(sc.partial),
+        table, accum, dim, L, n, sc.uniq, sc.num_runs, sc.counts, sc.starts, sc.info, sc.scan, sc.piece_run,
+        static_cast<T*>(sc.partial),
         by_bag, sc.vals_out, sc.pos_bag, offsets, gy, w, mode, arg, lr, eps, l2);
     XREC_CUDA_CHECK(cudaGetLastError());
     bag_long_kernel<T, V, G, Tiles><<<static_cast<unsigned>(sms) * 4, threads, 0, s>>>(
@@ -653,8 +717,9 @@ void launch_bag_step(cudaStream_t s, int sms, T* table, T* accum, std::int64_t d
     XREC_CUDA_CHECK(cudaGetLastError());
 }
 
-// Group size G: the power of two covering dim / V, at most 32; Tiles: the column tiles of
-// G x V a 32-thread group needs (1 below 32 threads).
+// Group size G and column tiles: up to 8 V-wide columns one thread, up to 32 a group of 8
+// threads with 2 or 4 tiles (fewer threads per row: more rows in flight per SM, which is
+// what the latency-bound update needs), then 16 and 32 threads with 4 tiles.
 template <class T, int V>
 void dispatch_bag_step(cudaStream_t s, int sms, T* table, T* accum, std::int64_t dim, const bag_step_scratch& sc,
                        bool by_bag, const std::int64_t* offsets, const T* gy, const T* w, int mode,
@@ -666,9 +731,9 @@ void dispatch_bag_step(cudaStream_t s, int sms, T* table, T* accum, std::int64_t
     if (lanes <= 2) XREC_BAG_STEP(2, 1);
     if (lanes <= 4) XREC_BAG_STEP(4, 1);
     if (lanes <= 8) XREC_BAG_STEP(8, 1);
-    if (lanes <= 16) XREC_BAG_STEP(16, 1);
-    if (lanes <= 32) XREC_BAG_STEP(32, 1);
-    if (lanes <= 64) XREC_BAG_STEP(32, 2);
+    if (lanes <= 16) XREC_BAG_STEP(8, 2);
+    if (lanes <= 32) XREC_BAG_STEP(8, 4);
+    if (lanes <= 64) XREC_BAG_STEP(16, 4);
     XREC_BAG_STEP(32, embedding_bag_cuda_policy::update_tiles);
 #undef XREC_BAG_STEP
 }
@@ -735,8 +800,9 @@ void embedding_bag_adagrad(cuda tag, T* table, T* accum, std::int64_t rows, std:
                                                                      embedding_bag_cuda_policy::piece, sc.info);
     XREC_CUDA_CHECK(cudaGetLastError());
     b = sc.cub_bytes;
-    XREC_CUDA_CHECK(cub::DeviceScan::ExclusiveScan(sc.cub_tmp, b, sc.info, sc.scan, cuda_detail::run_info_sum{},
-                                                   cuda_detail::run_info{0, 0, 0}, n, s));
+    XREC_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(sc.cub_tmp, b, sc.counts, sc.starts, n, s));
+    b = sc.cub_bytes;
+    XREC_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(sc.cub_tmp, b, sc.info, sc.scan, n, s));
     cuda_detail::long_map_kernel<<<blocks_for(nnz), threads, 0, s>>>(sc.num_runs, sc.info, sc.scan, sc.piece_run,
                                                                      sc.long_runs);
     XREC_CUDA_CHECK(cudaGetLastError());
