@@ -268,3 +268,6 @@ void activation_bwd(cuda tag, activation act, std::int64_t n, const T* x, const 
 }
 
 }  // namespace xrec::kernels
+
+// The training path (losses, optimizers, sparse gradient merge, trainer checks).
+#include "xrec/cuda/train.cuh"

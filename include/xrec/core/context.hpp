@@ -4,6 +4,7 @@
 #include <concepts>
 #include <cstdint>
 #include <memory>
+#include <vector>
 
 #include "xrec/core/arena.hpp"
 #include "xrec/core/error.hpp"
@@ -11,6 +12,7 @@
 #include "xrec/core/param_store.hpp"
 #include "xrec/core/rng.hpp"
 #include "xrec/core/tape.hpp"
+#include "xrec/core/tensor.hpp"
 #include "xrec/core/var.hpp"
 
 namespace xrec {
@@ -20,6 +22,34 @@ inline void check_epoch(std::uint32_t made, std::uint32_t now) {
     XREC_CHECK(made == 0 || made == now, "xrec: a var made in context cycle ", made,
                " was used after the context was reset (now cycle ", now,
                "); its memory has been reused. Keep results only until the next reset().");
+}
+
+/// The var of a context input: the caller's (host) memory itself where the backend's memory
+/// is host memory, else a copy in the context's arena (valid until its reset).
+template <class B, class T>
+var<T> input_var(arena<B>& mem, tensor_view<const T> x) {
+    if constexpr (backend_memory<B>::host_accessible) {
+        return {const_cast<T*>(x.data), x.s, nullptr, 0};
+    } else {
+        const std::int64_t n = x.numel();
+        T* d = mem.template allocate_n<T>(n);
+        if (n > 0) backend_memory<B>::copy(d, x.data, static_cast<std::size_t>(n) * sizeof(T));
+        return {d, x.s, nullptr, mem.epoch()};
+    }
+}
+
+/// g[i] += seed for i < n, g in the backend's memory (the seed of backward: n is the size of
+/// the loss, one element as a rule, so a device gradient takes a round trip through the host).
+template <class B, class T>
+void add_seed(T* g, std::int64_t n, T seed) {
+    if constexpr (backend_memory<B>::host_accessible) {
+        for (std::int64_t i = 0; i < n; ++i) g[i] += seed;
+    } else {
+        std::vector<T> h(static_cast<std::size_t>(n));
+        backend_memory<B>::copy(h.data(), g, static_cast<std::size_t>(n) * sizeof(T));
+        for (auto& v : h) v += seed;
+        backend_memory<B>::copy(g, h.data(), static_cast<std::size_t>(n) * sizeof(T));
+    }
 }
 }  // namespace detail
 
@@ -46,8 +76,10 @@ public:
         : opt_(o), values_(o.reserve_bytes), tape_(o.reserve_bytes / 8),
           pool_(o.threads > 1 ? std::make_unique<thread_pool>(o.threads) : nullptr) {}
 
-    /// A var over caller memory that receives no gradient (features, labels).
-    var<T> input(tensor_view<const T> x) const { return {const_cast<T*>(x.data), x.s, nullptr, 0}; }
+    /// A var over caller memory that receives no gradient (features, labels). Caller memory
+    /// is host memory; on a backend whose memory the host cannot address (cuda) the values
+    /// are copied into the arena first (detail::input_var).
+    var<T> input(tensor_view<const T> x) { return detail::input_var<B>(values_, x); }
     /// A var over caller memory whose gradient is accumulated into `grad` (same size),
     /// e.g. for gradient checks or for inputs produced outside the tape.
     var<T> leaf(tensor_view<T> x, T* grad) {
@@ -107,7 +139,7 @@ public:
         check(loss);
         XREC_CHECK(loss.requires_grad(), "train_ctx::backward: the loss does not depend on any parameter");
         T* g = grad(loss);
-        for (std::int64_t i = 0; i < loss.numel(); ++i) g[i] += seed;
+        detail::add_seed<B>(g, loss.numel(), seed);
         tape_.replay(this);
     }
 
@@ -158,7 +190,7 @@ public:
 
     explicit infer_ctx(std::size_t reserve_bytes = 0) : ws_(reserve_bytes) {}
 
-    var<T> input(tensor_view<const T> x) const { return {const_cast<T*>(x.data), x.s, nullptr, 0}; }
+    var<T> input(tensor_view<const T> x) { return detail::input_var<B>(ws_, x); }
     var<T> param(const dense_param<T, B>& p) const { return {p.value(), p.s, nullptr, 0}; }
     var<T> make(const shape& s, bool /*requires_grad*/ = false) {
         return {ws_.template allocate_n<T>(s.numel()), s, nullptr, ws_.epoch()};

@@ -159,9 +159,9 @@ private:
     template <class Ctx>
     var<T> broadcast_bias(Ctx& ctx, std::int64_t n) const {
         var<T> z = ctx.make(shape{n, 1}, false);
-        for (std::int64_t i = 0; i < n; ++i) z.data[i] = T(0);
+        kernels::fill(B{}, n, T(0), z.data);
         var<T> one = ctx.make(shape{1, 1}, false);
-        one.data[0] = T(0);
+        kernels::fill(B{}, 1, T(0), one.data);
         return ops::linear(ctx, z, one, ctx.param(bias));
     }
 };
