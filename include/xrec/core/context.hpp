@@ -114,6 +114,16 @@ public:
     U* tape_scratch(std::int64_t n) {
         return tape_.template scratch<U>(n);
     }
+    /// Host memory valid until reset, whatever the backend, for host-side bookkeeping of a
+    /// forward (arrays of vars, selected ids): the value arena where it is host memory, else
+    /// the tape's.
+    template <class U>
+    U* host_scratch(std::int64_t n) {
+        if constexpr (backend_memory<B>::host_accessible)
+            return values_.template allocate_n<U>(n);
+        else
+            return tape_.template scratch<U>(n);
+    }
 
     /// The gradient buffer of v, materialised as zeros on first use; null if v needs none.
     T* grad(const var<T>& v) {
@@ -199,11 +209,23 @@ public:
     U* scratch(std::int64_t n) {
         return ws_.template allocate_n<U>(n);
     }
+    /// Host memory valid until reset, whatever the backend (see train_ctx::host_scratch): the
+    /// workspace where it is host memory, else a host arena of its own.
+    template <class U>
+    U* host_scratch(std::int64_t n) {
+        if constexpr (backend_memory<B>::host_accessible)
+            return ws_.template allocate_n<U>(n);
+        else
+            return host_.template allocate_n<U>(n);
+    }
     T* grad(const var<T>&) const noexcept { return nullptr; }
     void check(const var<T>& v) const { detail::check_epoch(v.epoch, ws_.epoch()); }
 
     /// Starts a new request: rewinds the workspace.
-    void reset() { ws_.reset(); }
+    void reset() {
+        ws_.reset();
+        if constexpr (!backend_memory<B>::host_accessible) host_.reset();
+    }
     /// Reserves workspace so the first request allocates nothing either.
     void reserve(std::size_t bytes) { ws_.reserve(bytes); }
 
@@ -216,6 +238,7 @@ public:
 
 private:
     arena<B> ws_;
+    arena<> host_;  // host_scratch on a backend with device memory (unused on the cpu)
 };
 
 /// What every context provides; ops and layers are written against this.
