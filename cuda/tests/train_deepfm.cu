@@ -258,8 +258,11 @@ int main(int argc, char** argv) {
                     static_cast<long long>(shop.train.size()), static_cast<long long>(shop.test.size()), bayes,
                     seconds_since(t_data));
         std::string hid;
-        for (auto h : s.hidden)
-            hid += (hid.empty() ? "" : "-") + std::to_string(h);
+        for (auto h : s.hidden) {
+            if (!hid.empty())
+                hid += '-';
+            hid += std::to_string(h);
+        }
         std::printf("deepfm dim %lld, MLP %s, batch %lld, %lld epochs, adam %g + row-wise adagrad %g, cpu threads %d\n",
                     static_cast<long long>(s.dim), hid.c_str(), static_cast<long long>(s.batch),
                     static_cast<long long>(s.epochs), s.dense_lr, s.sparse_lr, s.cpu_threads);
