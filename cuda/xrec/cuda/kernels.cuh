@@ -269,5 +269,9 @@ void activation_bwd(cuda tag, activation act, std::int64_t n, const T* x, const 
 
 }  // namespace xrec::kernels
 
+#include "xrec/cuda/reduce.cuh"
+#include "xrec/cuda/interaction.cuh"
+#include "xrec/cuda/sequence.cuh"
+
 // The training path (losses, optimizers, sparse gradient merge, trainer checks).
 #include "xrec/cuda/train.cuh"

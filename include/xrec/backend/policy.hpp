@@ -56,16 +56,16 @@ struct policy<cpu<Arch>> {
     static constexpr int gather_prefetch_rows = 16;
 };
 
-/// Tuning values of the cuda backend, as the ops read them. The ops split work over the
-/// context's thread pool with these thresholds; a GPU kernel launch covers the whole tensor
-/// itself, so every threshold is "never split" (a training or inference context on the cuda
-/// tag also has no pool of its own by default: threads = 1).
+/// Tuning values of the cuda backend as the ops read them. A train_ctx or infer_ctx on the
+/// cuda tag has no thread pool worth splitting over (one host thread queues all the
+/// kernels, and each kernel covers its whole range), so the thresholds are set so that
+/// parallel_for never splits: every op issues its kernels once for the whole problem.
 template <>
 struct policy<cuda> {
-    static constexpr std::int64_t never = std::int64_t{1} << 62;
-    static constexpr std::int64_t gemm_parallel_min_rows = never;
-    static constexpr std::int64_t elementwise_parallel_min = never;
-    static constexpr std::int64_t bag_parallel_min = never;
+    static constexpr std::int64_t gemm_parallel_min_rows = std::int64_t{1} << 62;
+    static constexpr std::int64_t elementwise_parallel_min = std::int64_t{1} << 62;
+    static constexpr std::int64_t bag_parallel_min = std::int64_t{1} << 62;
+    static constexpr int gather_prefetch_rows = 0;
 };
 
 }  // namespace xrec

@@ -38,19 +38,6 @@ var<T> input_var(arena<B>& mem, tensor_view<const T> x) {
     }
 }
 
-/// g[i] += seed for i < n, g in the backend's memory (the seed of backward: n is the size of
-/// the loss, one element as a rule, so a device gradient takes a round trip through the host).
-template <class B, class T>
-void add_seed(T* g, std::int64_t n, T seed) {
-    if constexpr (backend_memory<B>::host_accessible) {
-        for (std::int64_t i = 0; i < n; ++i) g[i] += seed;
-    } else {
-        std::vector<T> h(static_cast<std::size_t>(n));
-        backend_memory<B>::copy(h.data(), g, static_cast<std::size_t>(n) * sizeof(T));
-        for (auto& v : h) v += seed;
-        backend_memory<B>::copy(g, h.data(), static_cast<std::size_t>(n) * sizeof(T));
-    }
-}
 }  // namespace detail
 
 /// Training context: forward values and gradients come from an arena rewound by
@@ -149,7 +136,17 @@ public:
         check(loss);
         XREC_CHECK(loss.requires_grad(), "train_ctx::backward: the loss does not depend on any parameter");
         T* g = grad(loss);
-        detail::add_seed<B>(g, loss.numel(), seed);
+        if constexpr (backend_memory<B>::host_accessible) {
+            for (std::int64_t i = 0; i < loss.numel(); ++i) g[i] += seed;
+        } else if (seed != T(0)) {
+            // Device memory: the host cannot add in place, so the (usually one-element)
+            // gradient makes a round trip. A zero seed (the caller set the gradient) skips it.
+            std::vector<T> h(static_cast<std::size_t>(loss.numel()));
+            const std::size_t bytes = h.size() * sizeof(T);
+            backend_memory<B>::copy(h.data(), g, bytes);
+            for (T& v : h) v += seed;
+            backend_memory<B>::copy(g, h.data(), bytes);
+        }
         tape_.replay(this);
     }
 

@@ -26,6 +26,9 @@ XREC_KERNEL_FALLBACK(bn_col_moments)
 XREC_KERNEL_FALLBACK(bn_col_apply)
 XREC_KERNEL_FALLBACK(bn_col_grad_sums)
 XREC_KERNEL_FALLBACK(bn_col_grad_apply)
+XREC_KERNEL_FALLBACK(bn_stats_from_batch)
+XREC_KERNEL_FALLBACK(bn_stats_from_running)
+XREC_KERNEL_FALLBACK(bn_scale_rstd)
 
 // The column kernels see columns [0, n) of a row-major matrix with `rows` rows and leading
 // dimension ld, so that a caller can hand each thread a block of columns (every column is
@@ -130,6 +133,37 @@ void bn_col_grad_apply(cpu<A>, std::int64_t rows, std::int64_t n, const T* x, co
     }
 }
 
+/// Finishes batch statistics over n columns: given the batch mean and the biased variance
+/// (in `var_rstd`), updates the running averages PyTorch's way when they are not null,
+///   running_mean = (1 - mom) running_mean + mom mean
+///   running_var  = (1 - mom) running_var  + mom var unbias
+/// and overwrites var_rstd with rstd = 1 / sqrt(var + eps).
+template <class T, class A>
+void bn_stats_from_batch(cpu<A>, std::int64_t n, T mom, T unbias, T eps, const T* mean, T* var_rstd, T* running_mean,
+                         T* running_var) {
+    for (std::int64_t c = 0; c < n; ++c) {
+        if (running_mean) running_mean[c] = (T(1) - mom) * running_mean[c] + mom * mean[c];
+        if (running_var) running_var[c] = (T(1) - mom) * running_var[c] + mom * var_rstd[c] * unbias;
+        var_rstd[c] = T(1) / std::sqrt(var_rstd[c] + eps);
+    }
+}
+
+/// Statistics from the running averages over n columns: mean = running_mean,
+/// rstd = 1 / sqrt(running_var + eps).
+template <class T, class A>
+void bn_stats_from_running(cpu<A>, std::int64_t n, T eps, const T* running_mean, const T* running_var, T* mean, T* rstd) {
+    for (std::int64_t c = 0; c < n; ++c) {
+        mean[c] = running_mean[c];
+        rstd[c] = T(1) / std::sqrt(running_var[c] + eps);
+    }
+}
+
+/// out[c] = gamma[c] * rstd[c] over n columns (gamma null means 1).
+template <class T, class A>
+void bn_scale_rstd(cpu<A>, std::int64_t n, const T* gamma, const T* rstd, T* out) {
+    for (std::int64_t c = 0; c < n; ++c) out[c] = (gamma ? gamma[c] : T(1)) * rstd[c];
+}
+
 }  // namespace xrec::kernels
 
 namespace xrec::ops {
@@ -169,16 +203,11 @@ T* column_stats(Ctx& ctx, const var<T>& x, bool batch_stats, T* running_mean, T*
         });
         const T mom = static_cast<T>(momentum);
         const T unbias = rows > 1 ? static_cast<T>(rows) / static_cast<T>(rows - 1) : T(1);
-        for (std::int64_t c = 0; c < cols; ++c) {
-            if (running_mean) running_mean[c] = (T(1) - mom) * running_mean[c] + mom * mean[c];
-            if (running_var) running_var[c] = (T(1) - mom) * running_var[c] + mom * rstd[c] * unbias;
-            rstd[c] = T(1) / std::sqrt(rstd[c] + static_cast<T>(eps));
-        }
+        kernels::bn_stats_from_batch(B{}, cols, mom, unbias, static_cast<T>(eps), static_cast<const T*>(mean), rstd,
+                                     running_mean, running_var);
     } else {
-        for (std::int64_t c = 0; c < cols; ++c) {
-            mean[c] = running_mean[c];
-            rstd[c] = T(1) / std::sqrt(running_var[c] + static_cast<T>(eps));
-        }
+        kernels::bn_stats_from_running(B{}, cols, static_cast<T>(eps), static_cast<const T*>(running_mean),
+                                       static_cast<const T*>(running_var), mean, rstd);
     }
     return st;
 }
@@ -216,7 +245,7 @@ struct batch_norm_node : tape_node {
         if (gb) kernels::add(B{}, cols, gb, s1, gb);
         if (!gx) return;
         T* k = u + cols;  // k = gamma * rstd
-        for (std::int64_t c = 0; c < cols; ++c) k[c] = (n.gamma.data ? n.gamma.data[c] : T(1)) * n.rstd[c];
+        kernels::bn_scale_rstd(B{}, cols, static_cast<const T*>(n.gamma.data), n.rstd, k);
         if (n.batch_stats) {
             T* u1 = ctx.template scratch<T>(2 * cols);
             T* u2 = u1 + cols;
@@ -262,7 +291,7 @@ var<T> batch_norm(Ctx& ctx, const var<T>& x, const var<T>& gamma, const var<T>& 
     const T* mean = st;
     const T* rstd = st + cols;
     T* a = ctx.template scratch<T>(cols);
-    for (std::int64_t c = 0; c < cols; ++c) a[c] = (gamma.data ? gamma.data[c] : T(1)) * rstd[c];
+    kernels::bn_scale_rstd(B{}, cols, static_cast<const T*>(gamma.data), rstd, a);
     var<T> y = ctx.make(x.s, any_requires_grad<T>(x, gamma, beta));
     detail::bn_rows<B>(ctx.pool(), rows, cols, [&](std::int64_t r0, std::int64_t r1) {
         kernels::bn_col_apply(B{}, r1 - r0, cols, x.data + r0 * cols, mean, a, static_cast<const T*>(beta.data),

@@ -24,6 +24,20 @@ namespace xrec::kernels {
 
 XREC_KERNEL_FALLBACK(fwfm_fwd)
 XREC_KERNEL_FALLBACK(fwfm_bwd)
+XREC_KERNEL_FALLBACK(fwfm_pair_matrix)
+
+/// The weight matrices of fwfm from its F(F-1)/2 pair weights r (pairs (0,1), (0,2), ..,
+/// (0,F-1), (1,2), ..): R [F, F] symmetric with a zero diagonal, R_ij = R_ji = r_p(i,j), and
+/// Ru [F, F] its strict upper triangle (zeros on and below the diagonal).
+template <class T, class A>
+void fwfm_pair_matrix(cpu<A>, std::int64_t fields, const T* r, T* R, T* Ru) {
+    std::int64_t p = 0;
+    for (std::int64_t i = 0; i < fields; ++i) {
+        R[i * fields + i] = T(0);
+        for (std::int64_t j = 0; j <= i; ++j) Ru[i * fields + j] = T(0);
+        for (std::int64_t j = i + 1; j < fields; ++j, ++p) R[i * fields + j] = R[j * fields + i] = Ru[i * fields + j] = r[p];
+    }
+}
 
 /// Elements of the work buffer fwfm_bwd needs for `pairs` field pairs: one widest SIMD
 /// register (64 bytes) per pair.
@@ -190,7 +204,7 @@ struct fwfm_node : tape_node {
         const int threads = ctx.threads();
         const std::int64_t work = kernels::fwfm_work_size<T>(pairs);
         T* part = gr ? ctx.template scratch<T>(static_cast<std::int64_t>(threads) * (pairs + work)) : nullptr;
-        if (part) std::fill(part, part + static_cast<std::int64_t>(threads) * pairs, T(0));
+        if (part) kernels::fill(B{}, static_cast<std::int64_t>(threads) * pairs, T(0), part);
         const std::int64_t min_rows =
             std::max<std::int64_t>(1, policy<B>::elementwise_parallel_min / std::max<std::int64_t>(1, fields * fields * dim));
         parallel_for(ctx.pool(), rows, min_rows, [&](std::int64_t r0, std::int64_t r1, int t) {
@@ -223,14 +237,7 @@ var<T> fwfm(Ctx& ctx, const var<T>& v, const var<T>& r) {
     // partner j of field i); Ru: its strict upper triangle (the forward's pairs i < j).
     T* R = ctx.template scratch<T>(2 * fields * fields);
     T* Ru = R + fields * fields;
-    {
-        std::int64_t p = 0;
-        for (std::int64_t i = 0; i < fields; ++i) {
-            R[i * fields + i] = T(0);
-            for (std::int64_t j = 0; j <= i; ++j) Ru[i * fields + j] = T(0);
-            for (std::int64_t j = i + 1; j < fields; ++j, ++p) R[i * fields + j] = R[j * fields + i] = Ru[i * fields + j] = r.data[p];
-        }
-    }
+    kernels::fwfm_pair_matrix(B{}, fields, static_cast<const T*>(r.data), R, Ru);
     const std::int64_t min_rows =
         std::max<std::int64_t>(1, policy<B>::elementwise_parallel_min / std::max<std::int64_t>(1, fields * fields * dim));
     parallel_for(ctx.pool(), rows, min_rows, [&](std::int64_t r0, std::int64_t r1, int) {

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <string>
 #include <type_traits>
+#include <vector>
 
 #include "xrec/core/context.hpp"
 #include "xrec/core/error.hpp"
@@ -119,7 +120,19 @@ private:
                        std::int64_t tk) const {
         var<T> y = ops::linear(ctx, o, ctx.param(out_weight), has_bias() ? ctx.param(out_bias) : var<T>{});
         if (!mask.any() || !has_bias()) return y;  // dead rows are already zero without a bias
-        std::uint8_t* dead = ctx.template scratch<std::uint8_t>(batch * tq);
+        // The flags are host memory (zero_rows reads them on the host): the tape's scratch
+        // when training; the workspace when serving, which is host memory on the cpu backend
+        // (a device workspace has no host view: a host vector then).
+        std::vector<std::uint8_t> host;
+        std::uint8_t* dead = nullptr;
+        if constexpr (Ctx::records) {
+            dead = ctx.template tape_scratch<std::uint8_t>(batch * tq);
+        } else if constexpr (backend_memory<B>::host_accessible) {
+            dead = ctx.template scratch<std::uint8_t>(batch * tq);
+        } else {
+            host.resize(static_cast<std::size_t>(batch * tq));
+            dead = host.data();
+        }
         if (ops::detail::dead_queries(mask, batch, tq, tk, dead) == 0) return y;
         return ops::zero_rows(ctx, y, dead);
     }

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdint>
 #include <span>
+#include <vector>
 
 #include "xrec/backend/cpu_kernels.hpp"
 #include "xrec/backend/kernels.hpp"
@@ -16,6 +17,32 @@
 #include "xrec/core/rng.hpp"
 #include "xrec/core/var.hpp"
 #include "xrec/ops/common.hpp"
+
+namespace xrec::kernels {
+
+XREC_KERNEL_FALLBACK(segment_weighted_sum)
+XREC_KERNEL_FALLBACK(segment_weighted_sum_bwd)
+
+/// out = sum_j w[j] x[j, :] over the len rows of one segment (x [len, D]), rows added in
+/// order; an empty segment gives zeros.
+template <class T, class A>
+void segment_weighted_sum(cpu<A>, std::int64_t len, std::int64_t D, const T* w, const T* x, T* out) {
+    fill(cpu<A>{}, D, T(0), out);
+    for (std::int64_t j = 0; j < len; ++j) axpy(cpu<A>{}, D, w[j], x + j * D, out);
+}
+
+/// Backward of segment_weighted_sum given g = dout [D]: gx[j, :] += w[j] g (gx not null),
+/// gw[j] += <g, x[j, :]> (gw not null).
+template <class T, class A>
+void segment_weighted_sum_bwd(cpu<A>, std::int64_t len, std::int64_t D, const T* w, const T* x, const T* g, T* gx,
+                              T* gw) {
+    for (std::int64_t j = 0; j < len; ++j) {
+        if (gx) axpy(cpu<A>{}, D, w[j], g, gx + j * D);
+        if (gw) gw[j] += dot(cpu<A>{}, D, g, x + j * D);
+    }
+}
+
+}  // namespace xrec::kernels
 
 namespace xrec::ops {
 
@@ -180,10 +207,24 @@ var<T> attention_impl(Ctx& ctx, const var<T>& q, std::int64_t qoff, std::int64_t
     }
     const bool masked = mask.any();
     const int threads = ctx.threads();
-    std::uint8_t* keep = masked ? ctx.template scratch<std::uint8_t>(tt * threads) : nullptr;
+    std::uint8_t* keep = nullptr;
+    // Host memory: each thread builds the keep mask of the batch row it is on, in place.
+    // Device memory: the masks of all batch rows are built on the host and copied over once.
+    bool keep_all = false;
+    if (masked) {
+        if constexpr (backend_memory<B>::host_accessible) {
+            keep = ctx.template scratch<std::uint8_t>(tt * threads);
+        } else {
+            keep = ctx.template scratch<std::uint8_t>(batch * tt);
+            std::vector<std::uint8_t> host(static_cast<std::size_t>(batch * tt));
+            for (std::int64_t b = 0; b < batch; ++b) build_keep_mask(mask, b, tq, tk, host.data() + b * tt);
+            backend_memory<B>::copy(keep, host.data(), host.size());
+            keep_all = true;
+        }
+    }
     const std::int64_t min_items = std::max<std::int64_t>(2, policy<B>::elementwise_parallel_min / std::max<std::int64_t>(1, tt * (2 * dh + 4)));
     parallel_for(ctx.pool(), items, min_items, [&](std::int64_t i0, std::int64_t i1, int t) {
-        std::uint8_t* kp = keep ? keep + tt * t : nullptr;
+        std::uint8_t* kp = keep && !keep_all ? keep + tt * t : nullptr;
         std::int64_t built_for = -1;
         for (std::int64_t it = i0; it < i1; ++it) {
             const std::int64_t b = it / heads, h = it % heads;
@@ -192,7 +233,9 @@ var<T> attention_impl(Ctx& ctx, const var<T>& q, std::int64_t qoff, std::int64_t
             const T* vp = v.data + b * tk * ldv + voff + h * dh;
             T* s = P + it * tt;
             kernels::gemm(B{}, false, true, tq, tk, dh, scale, qp, ldq, kk, ldk, T(0), s, tk);
-            if (kp && built_for != b) {
+            if (keep_all) {
+                kp = keep + b * tt;
+            } else if (kp && built_for != b) {
                 build_keep_mask(mask, b, tq, tk, kp);
                 built_for = b;
             }
@@ -313,7 +356,7 @@ var<T> zero_rows(Ctx& ctx, const var<T>& x, const std::uint8_t* flags) {
     var<T> y = ctx.make(x.s, x.requires_grad());
     std::uint8_t* kept = nullptr;
     if constexpr (Ctx::records)
-        if (y.requires_grad()) kept = ctx.template scratch<std::uint8_t>(rows);
+        if (y.requires_grad()) kept = ctx.template tape_scratch<std::uint8_t>(rows);  // host: backward reads it there
     for (std::int64_t r = 0; r < rows; ++r) {
         if (flags[r])
             kernels::fill(B{}, cols, T(0), y.data + r * cols);
@@ -408,11 +451,10 @@ struct jagged_weighted_sum_node : tape_node {
         const std::int64_t D = n.x.cols();
         parallel_for(ctx.pool(), n.batch, segment_min<B>(n.batch, n.x.rows(), 4 * D), [&](std::int64_t b0, std::int64_t b1, int) {
             for (std::int64_t b = b0; b < b1; ++b) {
-                const T* g = gy + b * D;
-                for (std::int64_t j = n.offsets[b]; j < n.offsets[b + 1]; ++j) {
-                    if (gx) kernels::axpy(B{}, D, n.w.data[j], g, gx + j * D);
-                    if (gw) gw[j] += kernels::dot(B{}, D, g, n.x.data + j * D);
-                }
+                const std::int64_t s = n.offsets[b];
+                kernels::segment_weighted_sum_bwd(B{}, n.offsets[b + 1] - s, D, static_cast<const T*>(n.w.data + s),
+                                                  static_cast<const T*>(n.x.data + s * D), gy + b * D,
+                                                  gx ? gx + s * D : nullptr, gw ? gw + s : nullptr);
             }
         });
     }
@@ -466,10 +508,10 @@ var<T> jagged_weighted_sum(Ctx& ctx, const var<T>& w, const var<T>& x, std::span
     var<T> y = ctx.make(shape{batch, D}, any_requires_grad<T>(w, x));
     parallel_for(ctx.pool(), batch, detail::segment_min<B>(batch, x.rows(), 2 * D), [&](std::int64_t b0, std::int64_t b1, int) {
         for (std::int64_t b = b0; b < b1; ++b) {
-            T* out = y.data + b * D;
-            kernels::fill(B{}, D, T(0), out);
-            for (std::int64_t j = offsets[static_cast<std::size_t>(b)]; j < offsets[static_cast<std::size_t>(b + 1)]; ++j)
-                kernels::axpy(B{}, D, w.data[j], x.data + j * D, out);
+            const std::int64_t s = offsets[static_cast<std::size_t>(b)];
+            kernels::segment_weighted_sum(B{}, offsets[static_cast<std::size_t>(b + 1)] - s, D,
+                                          static_cast<const T*>(w.data + s), static_cast<const T*>(x.data + s * D),
+                                          y.data + b * D);
         }
     });
     if constexpr (Ctx::records) {
