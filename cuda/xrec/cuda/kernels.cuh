@@ -272,3 +272,6 @@ void activation_bwd(cuda tag, activation act, std::int64_t n, const T* x, const 
 #include "xrec/cuda/reduce.cuh"
 #include "xrec/cuda/interaction.cuh"
 #include "xrec/cuda/sequence.cuh"
+
+// The training path (losses, optimizers, sparse gradient merge, trainer checks).
+#include "xrec/cuda/train.cuh"

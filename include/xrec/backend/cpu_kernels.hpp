@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <span>
 #include <type_traits>
 #include <vector>
 
@@ -1268,6 +1269,82 @@ void linear_fixed(cpu<A>, std::int64_t rows, const T* x, const T* w, const T* b,
     Eigen::Map<ymat> Y(y, rows, out);
     Y.noalias() = X * W.transpose();
     if (b) Y.rowwise() += Eigen::Map<const bvec>(b);
+}
+
+// ---- Training-path kernels: the data loops of ops, losses, optimizers and the trainer that
+// ---- must run where the tensors live (their cuda twins are in cuda/xrec/cuda/train.cuh).
+
+/// dst[r, 0:w] = src[r, 0:w] for r < rows, rows `src_ld` and `dst_ld` elements apart.
+template <class T, class A>
+void copy_block(cpu<A>, std::int64_t rows, std::int64_t w, const T* src, std::int64_t src_ld, T* dst,
+                std::int64_t dst_ld) {
+    for (std::int64_t r = 0; r < rows; ++r) copy(cpu<A>{}, w, src + r * src_ld, dst + r * dst_ld);
+}
+/// dst[r, 0:w] += src[r, 0:w] for r < rows, rows `src_ld` and `dst_ld` elements apart.
+template <class T, class A>
+void add_block(cpu<A>, std::int64_t rows, std::int64_t w, const T* src, std::int64_t src_ld, T* dst,
+               std::int64_t dst_ld) {
+    for (std::int64_t r = 0; r < rows; ++r) {
+        T* d = dst + r * dst_ld;
+        add(cpu<A>{}, w, d, src + r * src_ld, d);
+    }
+}
+
+/// x seen as [outer, n, inner]: y[o, i] = s * sum_k x[o, k, i] for o in [o0, o1), i in [i0, i1),
+/// the k summed in order (inner == 1: kernels::sum of the row, times s). `mean` says s is
+/// 1/n (scaled after the sum) rather than 1.
+template <class T, class A>
+void reduce_axis(cpu<A>, std::int64_t o0, std::int64_t o1, std::int64_t n, std::int64_t inner, std::int64_t i0,
+                 std::int64_t i1, T s, bool mean, const T* x, T* y) {
+    for (std::int64_t o = o0; o < o1; ++o) {
+        const T* xo = x + o * n * inner;
+        T* yo = y + o * inner;
+        if (inner == 1) {
+            yo[0] = n ? s * sum(cpu<A>{}, n, xo) : T(0);
+            continue;
+        }
+        fill(cpu<A>{}, i1 - i0, T(0), yo + i0);
+        for (std::int64_t k = 0; k < n; ++k) add(cpu<A>{}, i1 - i0, yo + i0, xo + k * inner + i0, yo + i0);
+        if (mean) scale(cpu<A>{}, i1 - i0, s, yo + i0, yo + i0);
+    }
+}
+/// Backward of reduce_axis: gx[o, k, i] += s * gy[o, i] over the same block.
+template <class T, class A>
+void reduce_axis_bwd(cpu<A>, std::int64_t o0, std::int64_t o1, std::int64_t n, std::int64_t inner, std::int64_t i0,
+                     std::int64_t i1, T s, const T* gy, T* gx) {
+    for (std::int64_t o = o0; o < o1; ++o) {
+        T* gxo = gx + o * n * inner;
+        if (inner == 1)
+            add_scalar(cpu<A>{}, n, s * gy[o], gxo);
+        else
+            for (std::int64_t k = 0; k < n; ++k) axpy(cpu<A>{}, i1 - i0, s, gy + o * inner + i0, gxo + k * inner + i0);
+    }
+}
+
+/// Host ids (a batch's) where the backend's gathers read them: on the cpu the ids themselves
+/// (no copy); a device backend copies them into the context's arena.
+template <class A, class Ctx>
+const std::int64_t* upload_ids(cpu<A>, Ctx&, std::span<const std::int64_t> ids) {
+    return ids.data();
+}
+
+/// The index of the first element of x[0, n) that is NaN or infinite, or -1 when all are finite.
+template <class T, class A>
+std::int64_t first_nonfinite(cpu<A>, std::int64_t n, const T* x) {
+    for (std::int64_t i = 0; i < n; ++i)
+        if (!std::isfinite(x[i])) return i;
+    return -1;
+}
+/// Rows table[ids[k], :] (width dim) for k < n, ids on the host: the first non-finite element
+/// as k * dim + d, or -1 when all are finite.
+template <class T, class A>
+std::int64_t first_nonfinite_rows(cpu<A>, const T* table, std::int64_t dim, const std::int64_t* ids, std::int64_t n) {
+    for (std::int64_t k = 0; k < n; ++k) {
+        const T* r = table + ids[k] * dim;
+        for (std::int64_t d = 0; d < dim; ++d)
+            if (!std::isfinite(r[d])) return k * dim + d;
+    }
+    return -1;
 }
 
 }  // namespace kernels

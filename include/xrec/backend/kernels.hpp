@@ -46,6 +46,14 @@ XREC_KERNEL_FALLBACK(layer_norm_bwd)
 XREC_KERNEL_FALLBACK(dropout_mask)
 XREC_KERNEL_FALLBACK(bag_sum)
 XREC_KERNEL_FALLBACK(bag_max)
+// Training-path kernels (cpu: cpu_kernels.hpp; cuda: cuda/xrec/cuda/train.cuh).
+XREC_KERNEL_FALLBACK(copy_block)
+XREC_KERNEL_FALLBACK(add_block)
+XREC_KERNEL_FALLBACK(reduce_axis)
+XREC_KERNEL_FALLBACK(reduce_axis_bwd)
+XREC_KERNEL_FALLBACK(upload_ids)
+XREC_KERNEL_FALLBACK(first_nonfinite)
+XREC_KERNEL_FALLBACK(first_nonfinite_rows)
 
 // linear_fixed carries its sizes as template arguments, so it needs its own catch-all.
 template <std::int64_t In, std::int64_t Out, class B>

@@ -27,6 +27,27 @@ struct backend_memory {
     static void copy(void* dst, const void* src, std::size_t bytes) noexcept { std::memcpy(dst, src, bytes); }
 };
 
+/// n elements at p in backend B's memory, readable on the host: p itself where B's memory
+/// is host memory, else a copy in `tmp` (which grows as needed). For read-outs of small
+/// results (a loss, a batch of scores) on any backend.
+template <class B, class T>
+const T* host_readable(const T* p, std::int64_t n, std::vector<T>& tmp) {
+    if constexpr (backend_memory<B>::host_accessible) {
+        return p;
+    } else {
+        if (static_cast<std::int64_t>(tmp.size()) < n) tmp.resize(static_cast<std::size_t>(n));
+        if (n > 0) backend_memory<B>::copy(tmp.data(), p, static_cast<std::size_t>(n) * sizeof(T));
+        return tmp.data();
+    }
+}
+/// One value at p in backend B's memory, on the host.
+template <class B, class T>
+T host_value(const T* p) {
+    T v{};
+    backend_memory<B>::copy(&v, p, sizeof(T));
+    return v;
+}
+
 /// Host memory for tape nodes, whatever the backend.
 struct host_memory_tag {};
 

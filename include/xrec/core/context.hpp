@@ -12,6 +12,7 @@
 #include "xrec/core/param_store.hpp"
 #include "xrec/core/rng.hpp"
 #include "xrec/core/tape.hpp"
+#include "xrec/core/tensor.hpp"
 #include "xrec/core/var.hpp"
 
 namespace xrec {
@@ -22,6 +23,21 @@ inline void check_epoch(std::uint32_t made, std::uint32_t now) {
                " was used after the context was reset (now cycle ", now,
                "); its memory has been reused. Keep results only until the next reset().");
 }
+
+/// The var of a context input: the caller's (host) memory itself where the backend's memory
+/// is host memory, else a copy in the context's arena (valid until its reset).
+template <class B, class T>
+var<T> input_var(arena<B>& mem, tensor_view<const T> x) {
+    if constexpr (backend_memory<B>::host_accessible) {
+        return {const_cast<T*>(x.data), x.s, nullptr, 0};
+    } else {
+        const std::int64_t n = x.numel();
+        T* d = mem.template allocate_n<T>(n);
+        if (n > 0) backend_memory<B>::copy(d, x.data, static_cast<std::size_t>(n) * sizeof(T));
+        return {d, x.s, nullptr, mem.epoch()};
+    }
+}
+
 }  // namespace detail
 
 /// Training context: forward values and gradients come from an arena rewound by
@@ -47,8 +63,10 @@ public:
         : opt_(o), values_(o.reserve_bytes), tape_(o.reserve_bytes / 8),
           pool_(o.threads > 1 ? std::make_unique<thread_pool>(o.threads) : nullptr) {}
 
-    /// A var over caller memory that receives no gradient (features, labels).
-    var<T> input(tensor_view<const T> x) const { return {const_cast<T*>(x.data), x.s, nullptr, 0}; }
+    /// A var over caller memory that receives no gradient (features, labels). Caller memory
+    /// is host memory; on a backend whose memory the host cannot address (cuda) the values
+    /// are copied into the arena first (detail::input_var).
+    var<T> input(tensor_view<const T> x) { return detail::input_var<B>(values_, x); }
     /// A var over caller memory whose gradient is accumulated into `grad` (same size),
     /// e.g. for gradient checks or for inputs produced outside the tape.
     var<T> leaf(tensor_view<T> x, T* grad) {
@@ -82,6 +100,16 @@ public:
     template <class U>
     U* tape_scratch(std::int64_t n) {
         return tape_.template scratch<U>(n);
+    }
+    /// Host memory valid until reset, whatever the backend, for host-side bookkeeping of a
+    /// forward (arrays of vars, selected ids): the value arena where it is host memory, else
+    /// the tape's.
+    template <class U>
+    U* host_scratch(std::int64_t n) {
+        if constexpr (backend_memory<B>::host_accessible)
+            return values_.template allocate_n<U>(n);
+        else
+            return tape_.template scratch<U>(n);
     }
 
     /// The gradient buffer of v, materialised as zeros on first use; null if v needs none.
@@ -169,7 +197,7 @@ public:
 
     explicit infer_ctx(std::size_t reserve_bytes = 0) : ws_(reserve_bytes) {}
 
-    var<T> input(tensor_view<const T> x) const { return {const_cast<T*>(x.data), x.s, nullptr, 0}; }
+    var<T> input(tensor_view<const T> x) { return detail::input_var<B>(ws_, x); }
     var<T> param(const dense_param<T, B>& p) const { return {p.value(), p.s, nullptr, 0}; }
     var<T> make(const shape& s, bool /*requires_grad*/ = false) {
         return {ws_.template allocate_n<T>(s.numel()), s, nullptr, ws_.epoch()};
@@ -178,11 +206,23 @@ public:
     U* scratch(std::int64_t n) {
         return ws_.template allocate_n<U>(n);
     }
+    /// Host memory valid until reset, whatever the backend (see train_ctx::host_scratch): the
+    /// workspace where it is host memory, else a host arena of its own.
+    template <class U>
+    U* host_scratch(std::int64_t n) {
+        if constexpr (backend_memory<B>::host_accessible)
+            return ws_.template allocate_n<U>(n);
+        else
+            return host_.template allocate_n<U>(n);
+    }
     T* grad(const var<T>&) const noexcept { return nullptr; }
     void check(const var<T>& v) const { detail::check_epoch(v.epoch, ws_.epoch()); }
 
     /// Starts a new request: rewinds the workspace.
-    void reset() { ws_.reset(); }
+    void reset() {
+        ws_.reset();
+        if constexpr (!backend_memory<B>::host_accessible) host_.reset();
+    }
     /// Reserves workspace so the first request allocates nothing either.
     void reserve(std::size_t bytes) { ws_.reserve(bytes); }
 
@@ -195,6 +235,7 @@ public:
 
 private:
     arena<B> ws_;
+    arena<> host_;  // host_scratch on a backend with device memory (unused on the cpu)
 };
 
 /// What every context provides; ops and layers are written against this.

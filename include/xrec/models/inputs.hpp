@@ -87,13 +87,13 @@ struct ctr_inputs {
     var<T> fields(Ctx& ctx, const batch<T>& b, bool pool_sequences = true) const {
         XREC_CHECK(opt.embeddings, "ctr_inputs '", name, "': fields() needs input_options.embeddings");
         const std::int64_t n = b.rows, F = static_cast<std::int64_t>(deep_fields.size()), D = opt.dim;
-        // The parts live in the context's arena: no heap allocation per request.
-        var<T>* parts = ctx.template scratch<var<T>>(1 + layout.num_sequences());
+        // The parts live in the context's (host) arena: no heap allocation per request.
+        var<T>* parts = ctx.template host_scratch<var<T>>(1 + layout.num_sequences());
         std::size_t np = 0;
         if (F > 0) {
             std::span<const std::int64_t> ids(b.sparse.data, static_cast<std::size_t>(b.sparse.numel()));
             if (F != layout.num_sparse()) {
-                auto* sel = ctx.template scratch<std::int64_t>(n * F);
+                auto* sel = ctx.template host_scratch<std::int64_t>(n * F);
                 for (std::int64_t r = 0; r < n; ++r)
                     for (std::int64_t j = 0; j < F; ++j)
                         sel[r * F + j] = b.sparse.data[r * layout.num_sparse() + deep_fields[static_cast<std::size_t>(j)]];
@@ -159,9 +159,9 @@ private:
     template <class Ctx>
     var<T> broadcast_bias(Ctx& ctx, std::int64_t n) const {
         var<T> z = ctx.make(shape{n, 1}, false);
-        for (std::int64_t i = 0; i < n; ++i) z.data[i] = T(0);
+        kernels::fill(B{}, n, T(0), z.data);
         var<T> one = ctx.make(shape{1, 1}, false);
-        one.data[0] = T(0);
+        kernels::fill(B{}, 1, T(0), one.data);
         return ops::linear(ctx, z, one, ctx.param(bias));
     }
 };

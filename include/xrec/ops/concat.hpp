@@ -22,15 +22,14 @@ void column_block(thread_pool* pool, std::int64_t rows, std::int64_t total, std:
     if (w == 0) return;
     const bool big = rows * w >= policy<B>::elementwise_parallel_min;
     parallel_for(big ? pool : nullptr, rows, 2, [&](std::int64_t r0, std::int64_t r1, int) {
-        for (std::int64_t r = r0; r < r1; ++r) {
-            T* a = wide + r * total + off;
-            T* b = narrow + r * w;
-            switch (how) {
-                case block_move::narrow_to_wide: kernels::copy(B{}, w, b, a); break;
-                case block_move::wide_to_narrow: kernels::copy(B{}, w, a, b); break;
-                case block_move::add_wide_to_narrow: kernels::add(B{}, w, b, a, b); break;
-                case block_move::add_narrow_to_wide: kernels::add(B{}, w, a, b, a); break;
-            }
+        T* a = wide + r0 * total + off;
+        T* b = narrow + r0 * w;
+        const std::int64_t n = r1 - r0;
+        switch (how) {
+            case block_move::narrow_to_wide: kernels::copy_block(B{}, n, w, static_cast<const T*>(b), w, a, total); break;
+            case block_move::wide_to_narrow: kernels::copy_block(B{}, n, w, static_cast<const T*>(a), total, b, w); break;
+            case block_move::add_wide_to_narrow: kernels::add_block(B{}, n, w, static_cast<const T*>(a), total, b, w); break;
+            case block_move::add_narrow_to_wide: kernels::add_block(B{}, n, w, static_cast<const T*>(b), w, a, total); break;
         }
     });
 }

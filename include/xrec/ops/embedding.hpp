@@ -64,8 +64,9 @@ var<typename Ctx::value_type> embedding_lookup_impl(Ctx& ctx,
     const std::int64_t dim = t.dim;
     var<T> y = ctx.make(shape{n, dim}, Ctx::records);
     const std::int64_t min_rows = policy<B>::elementwise_parallel_min / dim + 1;
+    const std::int64_t* dev_ids = kernels::upload_ids(B{}, ctx, ids);  // the ids themselves on the cpu
     parallel_for(ctx.pool(), n, min_rows, [&](std::int64_t b, std::int64_t e, int) {
-        kernels::gather_rows(B{}, static_cast<const T*>(t.values.data()), dim, ids.data() + b, e - b, y.data + b * dim);
+        kernels::gather_rows(B{}, static_cast<const T*>(t.values.data()), dim, dev_ids + b, e - b, y.data + b * dim);
     });
     if constexpr (Ctx::records) {
         auto& nd = ctx.template record<lookup_node<Ctx>>();

@@ -57,14 +57,7 @@ struct reduce_node : tape_node {
         const std::int64_t n = nd.n, inner = nd.inner;
         const T s = nd.scale;
         auto rows = [&](std::int64_t o0, std::int64_t o1, std::int64_t i0, std::int64_t i1) {
-            for (std::int64_t o = o0; o < o1; ++o) {
-                T* gxo = gx + o * n * inner;
-                if (inner == 1)
-                    kernels::add_scalar(B{}, n, s * gy[o], gxo);
-                else
-                    for (std::int64_t k = 0; k < n; ++k)
-                        kernels::axpy(B{}, i1 - i0, s, gy + o * inner + i0, gxo + k * inner + i0);
-            }
+            kernels::reduce_axis_bwd(B{}, o0, o1, n, inner, i0, i1, s, gy, gx);
         };
         split_work<B>(ctx.pool(), nd.outer, n, inner, rows);
     }
@@ -79,19 +72,9 @@ var<T> reduce(Ctx& ctx, const char* op, const var<T>& x, int axis, bool mean) {
     const T s = mean ? T(1) / static_cast<T>(v.n) : T(1);
     var<T> y = ctx.make(v.out, x.requires_grad());
     const std::int64_t n = v.n, inner = v.inner;
+    // Rows of the reduced axis are added in order, so every element sums in one fixed order.
     auto rows = [&](std::int64_t o0, std::int64_t o1, std::int64_t i0, std::int64_t i1) {
-        for (std::int64_t o = o0; o < o1; ++o) {
-            const T* xo = x.data + o * n * inner;
-            T* yo = y.data + o * inner;
-            if (inner == 1) {
-                yo[0] = n ? s * kernels::sum(B{}, n, xo) : T(0);
-                continue;
-            }
-            // Rows of the reduced axis are added in order, so every element sums in one fixed order.
-            kernels::fill(B{}, i1 - i0, T(0), yo + i0);
-            for (std::int64_t k = 0; k < n; ++k) kernels::add(B{}, i1 - i0, yo + i0, xo + k * inner + i0, yo + i0);
-            if (mean) kernels::scale(B{}, i1 - i0, s, yo + i0, yo + i0);
-        }
+        kernels::reduce_axis(B{}, o0, o1, n, inner, i0, i1, s, mean, static_cast<const T*>(x.data), y.data);
     };
     split_work<B>(ctx.pool(), v.outer, n, inner, rows);
     if constexpr (Ctx::records) {

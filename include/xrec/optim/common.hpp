@@ -10,6 +10,8 @@
 
 #include <xsimd/xsimd.hpp>
 
+#include "xrec/backend/cpu_kernels.hpp"
+#include "xrec/backend/kernels.hpp"
 #include "xrec/backend/tags.hpp"
 #include "xrec/core/arena.hpp"
 #include "xrec/core/buffer.hpp"
@@ -31,10 +33,13 @@ inline constexpr bool host_ok = backend_memory<B>::host_accessible;
 /// beside the other state (as "<optimizer>.step", shape [2]): step = v[0] * 2^24 + v[1].
 /// Both halves are integers below 2^24, exact even in float, so the count stays exact up to
 /// 2^48 steps where a single float would stop counting at 2^24.
+///
+/// The two values live in host memory whatever the backend: the count steers host code (bias
+/// corrections, the first step of momentum), so reading it must not wait for a device.
 template <class T, class B>
 class step_counter {
 public:
-    step_counter() : v_(2) {}
+    step_counter() : v_(2, T(0)) {}
     std::int64_t get() const {
         return static_cast<std::int64_t>(v_[0]) * (std::int64_t{1} << 24) + static_cast<std::int64_t>(v_[1]);
     }
@@ -50,7 +55,7 @@ public:
     named_tensor<T> named(const std::string& optimizer) { return {optimizer + ".step", shape{2}, v_.data()}; }
 
 private:
-    buffer<T, B> v_;
+    std::vector<T> v_;  // host memory (heap: named() views stay valid when the optimizer moves)
 };
 
 /// The state slot `slot` of every dense parameter, as views into a flat state buffer laid
@@ -111,24 +116,26 @@ void dense_loop(thread_pool* pool, std::int64_t n, F&& f) {
 
 }  // namespace detail
 
-/// Reusable memory of `coalesce`, so a step in steady state allocates nothing.
+/// Reusable memory of `coalesce`, so a step in steady state allocates nothing. The cpu merge
+/// uses the host vectors; a device merge keeps its sort keys, positions and segment bounds in
+/// `work` (raw backend memory in 8-byte units) and the merged ids in `dev_ids`.
 template <class T, class B>
 struct coalesce_scratch {
     std::vector<std::int64_t> perm, ids, starts;
     buffer<T, B> rows;
+    buffer<std::int64_t, B> work, dev_ids;
 };
 
-/// Merges the duplicate ids of a table's sparse gradient in place, deterministically:
-/// the (id, row) pairs are stably sorted by id and the rows of one id are summed in the
-/// order backward emitted them (first row copied, later rows added one by one). Afterwards
-/// the ids are unique and ascending. The result depends only on the emission order, never on
-/// the thread count (groups are summed independently; `pool` only spreads the groups). Does
-/// nothing when the ids are already strictly ascending, so merging twice (clip_grad_norm,
-/// then the optimizer) costs one check. Throws xrec::error naming the table if an id lies
-/// outside [0, rows).
-template <class T, class B>
-void coalesce(embedding_table<T, B>& t, coalesce_scratch<T, B>& s, thread_pool* pool = nullptr) {
-    static_assert(detail::host_ok<B>, "optim::coalesce needs host-readable memory");
+}  // namespace xrec::optim
+
+namespace xrec::kernels {
+
+XREC_KERNEL_FALLBACK(coalesce_rows)
+
+/// optim::coalesce on the cpu (see there): a stable sort of the positions by id, then the rows
+/// of each id summed in emission order, ids split over `pool`.
+template <class T, class A>
+void coalesce_rows(cpu<A>, embedding_table<T, cpu<A>>& t, optim::coalesce_scratch<T, cpu<A>>& s, thread_pool* pool) {
     auto& g = t.grad;
     const std::int64_t n = g.count();
     if (n == 0) return;
@@ -175,6 +182,24 @@ void coalesce(embedding_table<T, B>& t, coalesce_scratch<T, B>& s, thread_pool* 
     g.rows.swap(s.rows);
 }
 
+}  // namespace xrec::kernels
+
+namespace xrec::optim {
+
+/// Merges the duplicate ids of a table's sparse gradient in place, deterministically:
+/// the (id, row) pairs are stably sorted by id and the rows of one id are summed in the
+/// order backward emitted them (first row copied, later rows added one by one). Afterwards
+/// the ids are unique and ascending. The result depends only on the emission order, never on
+/// the thread count (groups are summed independently; `pool` only spreads the groups). Does
+/// nothing when the ids are already strictly ascending, so merging twice (clip_grad_norm,
+/// then the optimizer) costs one check. Throws xrec::error naming the table if an id lies
+/// outside [0, rows).
+template <class T, class B>
+void coalesce(embedding_table<T, B>& t, coalesce_scratch<T, B>& s, thread_pool* pool = nullptr) {
+    kernels::coalesce_rows(B{}, t, s, pool);
+}
+
+
 namespace detail {
 
 /// The loop every sparse optimizer runs: for each table, merge its gradient, call
@@ -198,12 +223,18 @@ void for_each_touched_row(param_store<T, B>& store, coalesce_scratch<T, B>& scra
     }
 }
 
+/// A device store's rows cannot be handed to a host function: the sparse optimizers without a
+/// cuda kernel stop here (rowwise_adagrad has one, kernels::rowwise_adagrad_update).
+template <class T, class F>
+void for_each_touched_row(param_store<T, cuda>& store, coalesce_scratch<T, cuda>&, thread_pool*, F&&) {
+    for (std::int64_t ti = 0; ti < store.table_count(); ++ti) store.table(ti).grad.clear();
+    XREC_FAIL("xrec::optim: this sparse optimizer has no cuda kernel yet; on the cuda backend use rowwise_adagrad");
+}
+
 /// What the sparse optimizers share: the store, the merge scratch, the step counter, the
 /// optional thread pool, and per-table state buffers.
 template <class T, class B>
 class sparse_base {
-    static_assert(host_ok<B>, "xrec::optim: sparse optimizers need host-readable memory");
-
 public:
     /// Threads for the merge and the row updates (null: the calling thread). Each touched
     /// row is updated by exactly one thread, so the result does not depend on it.
@@ -219,7 +250,7 @@ protected:
         while (static_cast<std::int64_t>(st.size()) < store_->table_count()) {
             const auto& t = store_->table(static_cast<std::int64_t>(st.size()));
             buffer<T, B> b(per_row ? t.rows : t.rows * t.dim);
-            for (std::int64_t i = 0; i < b.size(); ++i) b[i] = static_cast<T>(init);
+            if (init != 0) kernels::fill(B{}, b.size(), static_cast<T>(init), b.data());  // new buffers start zeroed
             st.push_back(std::move(b));
         }
     }

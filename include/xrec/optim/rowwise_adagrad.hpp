@@ -6,6 +6,31 @@
 
 #include "xrec/optim/common.hpp"
 
+namespace xrec::kernels {
+
+XREC_KERNEL_FALLBACK(rowwise_adagrad_update)
+
+/// optim::rowwise_adagrad's step over every table of `store`: merge each table's sparse
+/// gradient (optim::coalesce), update each touched row (one thread per row), clear the
+/// gradient. sums[ti] holds table ti's per-row accumulators.
+template <class T, class A>
+void rowwise_adagrad_update(cpu<A>, param_store<T, cpu<A>>& store, optim::coalesce_scratch<T, cpu<A>>& scratch,
+                            thread_pool* pool, std::vector<buffer<T, cpu<A>>>& sums, T lr, T eps, T l2, T shrink) {
+    optim::detail::for_each_touched_row(store, scratch, pool, [&](std::int64_t ti, auto& tb, std::int64_t id, T* w, const T* g) {
+        T sq = 0;
+        for (std::int64_t d = 0; d < tb.dim; ++d) {
+            const T gd = g[d] + l2 * w[d];
+            sq += gd * gd;
+        }
+        T& a = sums[static_cast<std::size_t>(ti)][id];
+        a = a + sq / static_cast<T>(tb.dim);
+        const T m = lr / (std::sqrt(a) + eps);
+        for (std::int64_t d = 0; d < tb.dim; ++d) w[d] = shrink * w[d] - m * (g[d] + l2 * w[d]);
+    });
+}
+
+}  // namespace xrec::kernels
+
 namespace xrec::optim {
 
 /// Options of `rowwise_adagrad`. Defaults follow FBGEMM's table-batched embedding ops
@@ -50,17 +75,7 @@ public:
         const T lr = static_cast<T>(o_.lr), eps = static_cast<T>(o_.eps);
         const T l2 = o_.decoupled ? T(0) : static_cast<T>(o_.weight_decay);
         const T shrink = o_.decoupled ? static_cast<T>(1 - o_.lr * o_.weight_decay) : T(1);
-        this->run([&](std::int64_t ti, auto& tb, std::int64_t id, T* w, const T* g) {
-            T sq = 0;
-            for (std::int64_t d = 0; d < tb.dim; ++d) {
-                const T gd = g[d] + l2 * w[d];
-                sq += gd * gd;
-            }
-            T& a = sum_[static_cast<std::size_t>(ti)][id];
-            a = a + sq / static_cast<T>(tb.dim);
-            const T m = lr / (std::sqrt(a) + eps);
-            for (std::int64_t d = 0; d < tb.dim; ++d) w[d] = shrink * w[d] - m * (g[d] + l2 * w[d]);
-        });
+        kernels::rowwise_adagrad_update(B{}, *this->store_, this->scratch_, this->pool_, sum_, lr, eps, l2, shrink);
     }
 
     double lr() const noexcept { return o_.lr; }

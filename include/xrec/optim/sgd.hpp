@@ -6,6 +6,33 @@
 
 #include "xrec/optim/common.hpp"
 
+namespace xrec::kernels {
+
+XREC_KERNEL_FALLBACK(sgd_update)
+
+/// The elementwise update of optim::sgd over n elements (p values, g gradients, buf the
+/// momentum buffer, used when use_mu), one vectorised loop split over `pool`:
+///   g = g + wd p (use_wd);  b = first ? g : mu b + damp g;  g = nest ? g + mu b : b (use_mu);
+///   p = p - lr g
+template <class T, class A>
+void sgd_update(cpu<A>, thread_pool* pool, std::int64_t n, T* p, const T* gr, T* buf, T lr, T wd, T mu, T damp,
+                bool use_wd, bool use_mu, bool nest, bool first) {
+    optim::detail::dense_loop<T, cpu<A>>(pool, n, [&](auto tag, std::int64_t i) {
+        using V = typename decltype(tag)::type;
+        V x = optim::detail::load<V>(p + i);
+        V g = optim::detail::load<V>(gr + i);
+        if (use_wd) g = g + V(wd) * x;
+        if (use_mu) {
+            V b = first ? g : V(mu) * optim::detail::load<V>(buf + i) + V(damp) * g;
+            optim::detail::store(buf + i, b);
+            g = nest ? g + V(mu) * b : b;
+        }
+        optim::detail::store(p + i, x - V(lr) * g);
+    });
+}
+
+}  // namespace xrec::kernels
+
 namespace xrec::optim {
 
 /// Options of `sgd`, with PyTorch's meaning (torch.optim.SGD).
@@ -32,8 +59,6 @@ struct sgd_options {
 /// and dampening 0, as in PyTorch.
 template <class T, class B>
 class sgd {
-    static_assert(detail::host_ok<B>, "optim::sgd needs host-readable memory");
-
 public:
     explicit sgd(param_store<T, B>& store, sgd_options o = {}) : store_(&store), o_(o) {
         XREC_CHECK(o.lr >= 0 && o.momentum >= 0 && o.weight_decay >= 0, "sgd: lr ", o.lr, ", momentum ", o.momentum,
@@ -49,24 +74,11 @@ public:
         ensure_state();
         const bool first = step_.get() == 0;
         step_.advance();
-        T* p = store_->values();
-        const T* gr = store_->grads();
-        T* buf = buf_.data();
         const T lr = static_cast<T>(o_.lr), wd = static_cast<T>(o_.weight_decay), mu = static_cast<T>(o_.momentum),
                 damp = static_cast<T>(1 - o_.dampening);
         const bool use_wd = o_.weight_decay != 0, use_mu = o_.momentum != 0, nest = o_.nesterov;
-        detail::dense_loop<T, B>(pool_, store_->dense_size(), [&](auto tag, std::int64_t i) {
-            using V = typename decltype(tag)::type;
-            V x = detail::load<V>(p + i);
-            V g = detail::load<V>(gr + i);
-            if (use_wd) g = g + V(wd) * x;
-            if (use_mu) {
-                V b = first ? g : V(mu) * detail::load<V>(buf + i) + V(damp) * g;
-                detail::store(buf + i, b);
-                g = nest ? g + V(mu) * b : b;
-            }
-            detail::store(p + i, x - V(lr) * g);
-        });
+        kernels::sgd_update(B{}, pool_, store_->dense_size(), store_->values(), static_cast<const T*>(store_->grads()),
+                            buf_.data(), lr, wd, mu, damp, use_wd, use_mu, nest, first);
     }
 
     double lr() const noexcept { return o_.lr; }

@@ -19,7 +19,10 @@
 #include <variant>
 #include <vector>
 
+#include "xrec/backend/cpu_kernels.hpp"
+#include "xrec/backend/kernels.hpp"
 #include "xrec/backend/tags.hpp"
+#include "xrec/core/arena.hpp"
 #include "xrec/core/context.hpp"
 #include "xrec/core/error.hpp"
 #include "xrec/core/features.hpp"
@@ -274,7 +277,7 @@ public:
         try {
             var<T> logits = (*model_)(ctx_, b);
             var<T> loss = models::model_loss(*model_, ctx_, logits, b);
-            const double lv = static_cast<double>(loss.item());
+            const double lv = static_cast<double>(host_value<B>(loss.data));
             ++step_;
             ctx_.backward(loss);
             if (o_.check_finite) check_gradients(lv, epoch);
@@ -328,7 +331,7 @@ public:
             if (t.rows <= top) continue;
             names.push_back("." + t.name + ".");
             for (auto id : ids)
-                if (id >= 0) std::fill(t.row(id), t.row(id) + t.dim, T(0));
+                if (id >= 0) kernels::fill(B{}, t.dim, T(0), t.row(id));
         }
         std::vector<named_tensor<T>> st;
         std::visit([&](auto& opt) { append_state(st, opt); }, opt_.sparse);
@@ -339,7 +342,7 @@ public:
             if (!ours) continue;
             const std::int64_t w = nt.s[1];
             for (auto id : ids)
-                if (id >= 0) std::fill(nt.data + id * w, nt.data + (id + 1) * w, T(0));
+                if (id >= 0) kernels::fill(B{}, w, T(0), nt.data + id * w);
         }
     }
 
@@ -370,6 +373,13 @@ private:
         const auto dot = name.rfind('.');
         return dot == std::string::npos ? name : name.substr(0, dot);
     }
+    // The dense entry that holds flat index `at` (entries are in ascending offset order).
+    const typename param_store<T, B>::entry& entry_at(std::int64_t at) const {
+        const auto& es = store_->dense_entries();
+        for (std::size_t i = es.size(); i-- > 0;)
+            if (es[i].offset <= at) return es[i];
+        return es.front();
+    }
     static std::string value_str(T v) { return std::isnan(v) ? "nan" : v > 0 ? "inf" : "-inf"; }
     std::string where(std::int64_t epoch) const {
         std::string s = "step " + std::to_string(step_);
@@ -384,21 +394,22 @@ private:
     // Loss and gradients, before any update.
     void check_gradients(double loss, std::int64_t epoch) {
         const std::string loss_note = std::isfinite(loss) ? "" : "the loss is " + value_str(static_cast<T>(loss)) + "; ";
+        // One scan of the whole flat buffer (its alignment padding stays zero), then the entry.
         const T* g = store_->grads();
-        for (const auto& e : store_->dense_entries())
-            for (std::int64_t i = 0; i < e.s.numel(); ++i)
-                if (!std::isfinite(g[e.offset + i]))
-                    XREC_FAIL("trainer: non-finite value at ", where(epoch), ": ", loss_note, "the gradient of parameter '",
-                              e.name, "' (layer '", layer_of(e.name), "') ", e.s.str(), " element ", i, " is ",
-                              value_str(g[e.offset + i]), "; ", untouched());
+        if (const std::int64_t at = kernels::first_nonfinite(B{}, store_->dense_size(), g); at >= 0) {
+            const auto& e = entry_at(at);
+            const std::int64_t i = at - e.offset;
+            XREC_FAIL("trainer: non-finite value at ", where(epoch), ": ", loss_note, "the gradient of parameter '",
+                      e.name, "' (layer '", layer_of(e.name), "') ", e.s.str(), " element ", i, " is ",
+                      value_str(host_value<B>(g + at)), "; ", untouched());
+        }
         for (std::int64_t ti = 0; ti < store_->table_count(); ++ti) {
             const auto& t = store_->table(ti);
             const T* r = t.grad.rows.data();
-            for (std::int64_t k = 0; k < t.grad.count() * t.dim; ++k)
-                if (!std::isfinite(r[k]))
-                    XREC_FAIL("trainer: non-finite value at ", where(epoch), ": ", loss_note, "the gradient of table '",
-                              t.name, "' (layer '", layer_of(t.name), "') row ", t.grad.ids[static_cast<std::size_t>(k / t.dim)],
-                              " is ", value_str(r[k]), "; ", untouched());
+            if (const std::int64_t k = kernels::first_nonfinite(B{}, t.grad.count() * t.dim, r); k >= 0)
+                XREC_FAIL("trainer: non-finite value at ", where(epoch), ": ", loss_note, "the gradient of table '",
+                          t.name, "' (layer '", layer_of(t.name), "') row ", t.grad.ids[static_cast<std::size_t>(k / t.dim)],
+                          " is ", value_str(host_value<B>(r + k)), "; ", untouched());
         }
         XREC_CHECK(std::isfinite(loss), "trainer: non-finite value at ", where(epoch), ": the loss is ",
                    value_str(static_cast<T>(loss)), " while every parameter gradient is finite; ", untouched());
@@ -415,19 +426,22 @@ private:
         const std::string note = "; the update (learning rate too large?) made it non-finite. Training stopped";
         const std::string ck = o_.checkpoint_path.empty() ? "" : "; the checkpoint '" + o_.checkpoint_path + "' is untouched";
         const T* v = store_->values();
-        for (const auto& e : store_->dense_entries())
-            for (std::int64_t i = 0; i < e.s.numel(); ++i)
-                if (!std::isfinite(v[e.offset + i]))
-                    XREC_FAIL("trainer: non-finite value at ", where(epoch), ": parameter '", e.name, "' (layer '",
-                              layer_of(e.name), "') ", e.s.str(), " element ", i, " is ", value_str(v[e.offset + i]), note, ck);
+        if (const std::int64_t at = kernels::first_nonfinite(B{}, store_->dense_size(), v); at >= 0) {
+            const auto& e = entry_at(at);
+            XREC_FAIL("trainer: non-finite value at ", where(epoch), ": parameter '", e.name, "' (layer '",
+                      layer_of(e.name), "') ", e.s.str(), " element ", at - e.offset, " is ",
+                      value_str(host_value<B>(v + at)), note, ck);
+        }
         for (std::int64_t ti = 0; ti < store_->table_count(); ++ti) {
             const auto& t = store_->table(ti);
-            for (auto id : touched_[static_cast<std::size_t>(ti)]) {
-                const T* r = t.row(id);
-                for (std::int64_t d = 0; d < t.dim; ++d)
-                    if (!std::isfinite(r[d]))
-                        XREC_FAIL("trainer: non-finite value at ", where(epoch), ": table '", t.name, "' (layer '",
-                                  layer_of(t.name), "') row ", id, " is ", value_str(r[d]), note, ck);
+            const auto& ids = touched_[static_cast<std::size_t>(ti)];
+            const std::int64_t k = kernels::first_nonfinite_rows(B{}, t.values.data(), t.dim, ids.data(),
+                                                                 static_cast<std::int64_t>(ids.size()));
+            if (k >= 0) {
+                const std::int64_t id = ids[static_cast<std::size_t>(k / t.dim)];
+                XREC_FAIL("trainer: non-finite value at ", where(epoch), ": table '", t.name, "' (layer '",
+                          layer_of(t.name), "') row ", id, " is ", value_str(host_value<B>(t.row(id) + k % t.dim)), note,
+                          ck);
             }
         }
     }
@@ -446,7 +460,9 @@ private:
             const std::int64_t tasks = logits.numel() / b.rows;
             tasks_ = tasks;
             prob_.resize(static_cast<std::size_t>(b.rows * tasks));
-            models::model_probabilities(*model_, logits.data, b.rows, tasks, prob_.data());
+            // Scores are read on the host (metrics, predict): device logits come back first.
+            const T* lg = host_readable<B>(static_cast<const T*>(logits.data), b.rows * tasks, logits_host_);
+            models::model_probabilities(*model_, lg, b.rows, tasks, prob_.data());
             f(b, prob_.data(), b.rows, tasks);
         }
         ictx_.reset();
@@ -561,7 +577,7 @@ private:
     infer_ctx<T, B> ictx_;
     optimizer_set<T, B> opt_;
     std::vector<std::vector<std::int64_t>> touched_;
-    std::vector<T> prob_;
+    std::vector<T> prob_, logits_host_;
     std::int64_t step_ = 0, tasks_ = 0;
 };
 
