@@ -8,3 +8,5 @@ if [ -d .device/usr ]; then cp -r --update=none .device/usr/. /usr/ && ldconfig;
 export PATH=/usr/local/cuda/bin:$PATH
 echo "device: $(nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader 2>/dev/null)"
 echo "nvcc: $(nvcc --version | tail -1)   g++: $(g++ --version | head -1)   cmake: $(cmake --version | head -1)   cores: $(nproc)"
+# cuBLAS for binaries built elsewhere and carried (.devbin): the toolkit's, else PyTorch's wheel.
+export LD_LIBRARY_PATH=/usr/local/cuda/lib64:/usr/local/cuda/lib:$(python3 -c "import nvidia.cublas, os; print(os.path.dirname(nvidia.cublas.__file__) + '/lib')" 2>/dev/null):${LD_LIBRARY_PATH:-}

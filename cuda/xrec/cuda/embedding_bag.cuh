@@ -820,3 +820,25 @@ void embedding_bag_adagrad(cuda tag, T* table, T* accum, std::int64_t rows, std:
 
 }  // namespace kernels
 }  // namespace xrec
+
+namespace xrec::kernels {
+
+// The per-bag kernels of the cpu backend (one call per bag from a host loop in
+// ops::embedding_bag) have no cuda twin: a launch per bag would be the wrong design, and the
+// op's loops over offsets run on the host. ops::embedding_bag on the cuda tag is not wired
+// to the batched kernels above yet, so it stops here with a message rather than compiling
+// into something that reads device memory on the host.
+template <class T>
+[[noreturn]] void bag_sum(cuda, const T*, std::int64_t, const std::int64_t*, const T*, std::int64_t, T, T*,
+                          std::int64_t = -1) {
+    XREC_FAIL("ops::embedding_bag is not supported on the cuda tag yet; call kernels::embedding_bag_fwd / "
+              "embedding_bag_adagrad (cuda/xrec/cuda/embedding_bag.cuh) directly");
+}
+template <class T>
+[[noreturn]] void bag_max(cuda, const T*, std::int64_t, const std::int64_t*, const T*, std::int64_t, T*,
+                          std::int32_t*, std::int64_t = -1) {
+    XREC_FAIL("ops::embedding_bag (max pooling) is not supported on the cuda tag yet; call "
+              "kernels::embedding_bag_fwd / embedding_bag_adagrad (cuda/xrec/cuda/embedding_bag.cuh) directly");
+}
+
+}  // namespace xrec::kernels

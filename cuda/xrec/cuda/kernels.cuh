@@ -275,3 +275,4 @@ void activation_bwd(cuda tag, activation act, std::int64_t n, const T* x, const 
 
 // The training path (losses, optimizers, sparse gradient merge, trainer checks).
 #include "xrec/cuda/train.cuh"
+#include "xrec/cuda/embedding_bag.cuh"
