@@ -1,0 +1,162 @@
+// xrec_cuda_deepfm: the performance issue's headline model on the GPU, with the model,
+// trainer and optimizer code of the CPU (only the backend tag differs). A Criteo-shaped
+// DeepFM: 26 sparse fields of 100,000 rows each, embedding 16, 13 dense features, MLP
+// 400-400-400, output 1; Adam on the dense parameters and row-wise Adagrad on the tables.
+// Prints one JSON line per case, the same names as bench/cuda/deepfm_torch.py:
+//   deepfm/train/b65536     trainer::step (forward, BCE, backward, both optimizers, and the
+//                           loss read back), samples/s from the median step time
+//   deepfm/infer/b4096      infer_ctx forward to logits on the device, synchronised
+//   deepfm/infer/b1         the same at batch 1 (median and p99 microseconds)
+// Inputs are uploaded by the ops from host batches each call, as a serving engine would.
+// Usage: xrec_cuda_deepfm [--steps N] (exit 77 without a GPU).
+#include "xrec/cuda/kernels.cuh"
+#include "xrec/cuda/memory.cuh"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "xrec/backend/tags.hpp"
+#include "xrec/core/context.hpp"
+#include "xrec/core/param_store.hpp"
+#include "xrec/core/rng.hpp"
+#include "xrec/models/deepfm.hpp"
+#include "xrec/train/trainer.hpp"
+
+namespace {
+
+using gpu_b = xrec::cuda;
+using model_gpu = xrec::models::deepfm<float, gpu_b>;
+
+xrec::feature_layout criteo_layout() {
+    xrec::feature_layout l;
+    for (int f = 0; f < 26; ++f) {
+        l.tables.push_back({"C" + std::to_string(f + 1), 100'000});
+        l.sparse.push_back({"C" + std::to_string(f + 1), f});
+    }
+    for (int d = 0; d < 13; ++d) l.dense.push_back("I" + std::to_string(d + 1));
+    l.finish();
+    return l;
+}
+
+// rows of uniform ids (per table), dense values in [0, 1) and labels from a fixed logistic
+// rule of a few ids, so the loss moves like a real one.
+struct host_batch {
+    std::vector<std::int64_t> sparse;
+    std::vector<float> dense, labels;
+    xrec::batch<float> view(std::int64_t rows) const {
+        xrec::batch<float> b;
+        b.rows = rows;
+        b.sparse = {sparse.data(), xrec::shape{rows, 26}};
+        b.dense = {dense.data(), xrec::shape{rows, 13}};
+        b.labels = {labels.data(), xrec::shape{rows, 1}};
+        return b;
+    }
+};
+
+host_batch make_batch(const xrec::feature_layout& l, std::int64_t rows, std::uint64_t seed) {
+    xrec::rng_stream rs{xrec::philox{seed}, 3};
+    std::uint64_t k = 0;
+    host_batch h;
+    h.sparse.resize(static_cast<std::size_t>(rows * 26));
+    h.dense.resize(static_cast<std::size_t>(rows * 13));
+    h.labels.resize(static_cast<std::size_t>(rows));
+    for (std::int64_t r = 0; r < rows; ++r) {
+        double z = -1;
+        for (int f = 0; f < 26; ++f) {
+            const auto& t = l.tables[static_cast<std::size_t>(f)];
+            const auto local = static_cast<std::int64_t>(rs.uniform_f(k++) * static_cast<float>(t.rows)) % t.rows;
+            h.sparse[static_cast<std::size_t>(r * 26 + f)] = t.offset + local;
+            if (f < 3) z += (local % 7) * 0.2;
+        }
+        for (int d = 0; d < 13; ++d) h.dense[static_cast<std::size_t>(r * 13 + d)] = rs.uniform_f(k++);
+        h.labels[static_cast<std::size_t>(r)] = rs.uniform_f(k++) < 1 / (1 + std::exp(-z)) ? 1.f : 0.f;
+    }
+    return h;
+}
+
+double median(std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+}
+double pct(std::vector<double> v, double p) {
+    std::sort(v.begin(), v.end());
+    return v[std::min(v.size() - 1, static_cast<std::size_t>(p * static_cast<double>(v.size())))];
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    if (xrec::device::count() == 0) {
+        std::printf("xrec_cuda_deepfm: no CUDA device\n");
+        return 77;
+    }
+    int steps = 30;
+    for (int i = 1; i < argc; ++i)
+        if (std::strcmp(argv[i], "--steps") == 0 && i + 1 < argc) steps = std::atoi(argv[++i]);
+    try {
+        const auto layout = criteo_layout();
+        const xrec::models::deepfm_options mo{.dim = 16, .dnn = {.hidden = {400, 400, 400}}};
+        xrec::param_store<float, gpu_b> store(1);
+        const model_gpu m(store, layout, mo);
+
+        // Training at batch 65,536: a few batches cycled, warm-up steps first.
+        const std::int64_t tb = 65536;
+        std::vector<host_batch> train;
+        for (int i = 0; i < 4; ++i) train.push_back(make_batch(layout, tb, 100 + static_cast<std::uint64_t>(i)));
+        xrec::train::trainer_options to;
+        to.batch_size = tb;
+        to.dense_lr = 1e-3;
+        to.sparse = xrec::train::sparse_optimizer::rowwise_adagrad;
+        to.sparse_lr = 0.05;
+        to.progress = false;
+        to.threads = 1;
+        xrec::train::trainer<model_gpu, float, gpu_b> tr(m, store, to);
+        std::vector<double> ts;
+        double loss = 0;
+        for (int s = 0; s < steps + 5; ++s) {
+            const auto b = train[static_cast<std::size_t>(s) % train.size()].view(tb);
+            xrec::device::synchronize();
+            const auto t0 = std::chrono::steady_clock::now();
+            loss = tr.step(b, 1);
+            xrec::device::synchronize();
+            const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+            if (s >= 5) ts.push_back(dt);
+        }
+        const double tmed = median(ts);
+        std::printf("{\"name\": \"deepfm/train/b65536\", \"ms\": %.4f, \"samples_per_s\": %.0f, \"loss\": %.5f}\n",
+                    tmed * 1e3, static_cast<double>(tb) / tmed, loss);
+        std::fflush(stdout);
+
+        // Inference: infer_ctx forward, logits synchronised.
+        for (std::int64_t ib : {std::int64_t{4096}, std::int64_t{1}}) {
+            const auto h = make_batch(layout, ib, 7);
+            const auto b = h.view(ib);
+            xrec::infer_ctx<float, gpu_b> ctx;
+            std::vector<double> t;
+            const int reps = ib == 1 ? 2000 : 200;
+            for (int r = 0; r < reps + 20; ++r) {
+                ctx.reset();
+                const auto t0 = std::chrono::steady_clock::now();
+                const auto y = m(ctx, b);
+                xrec::device::synchronize();
+                const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+                (void)y;
+                if (r >= 20) t.push_back(dt);
+            }
+            const double med = median(t);
+            std::printf("{\"name\": \"deepfm/infer/b%lld\", \"ms\": %.4f, \"samples_per_s\": %.0f, \"p99_us\": %.1f}\n",
+                        static_cast<long long>(ib), med * 1e3, static_cast<double>(ib) / med, pct(t, 0.99) * 1e6);
+            std::fflush(stdout);
+        }
+    } catch (const std::exception& e) {
+        std::printf("xrec_cuda_deepfm: %s\n", e.what());
+        return 1;
+    }
+    return 0;
+}
