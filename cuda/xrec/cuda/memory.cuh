@@ -15,6 +15,7 @@
 #include "xrec/core/arena.hpp"
 #include "xrec/core/error.hpp"
 #include "xrec/cuda/check.cuh"
+#include "xrec/cuda/stream.cuh"
 
 namespace xrec {
 
@@ -71,8 +72,11 @@ inline pool_usage caching_pool_usage() {
 /// default stream. device::stream creates blocking streams, which the legacy stream orders
 /// with, so memory freed here is never reused while such a stream still reads it. The pool
 /// aligns to at least 256 bytes, so every alignment xrec asks for (64) holds. `zero` and
-/// `copy` run on the legacy stream; `copy` (cudaMemcpyDefault, unified addressing) takes
-/// device or host pointers on either side and returns when the copy is done.
+/// `copy` run on the thread's current stream (device::stream_scope; the legacy stream
+/// otherwise); `copy` (cudaMemcpyDefault, unified addressing) takes device or host pointers
+/// on either side and returns when the copy is done, except while that stream is being
+/// captured into a graph, where it only records the copy (whose host side must then be
+/// pinned memory that stays valid for the graph's replays).
 template <>
 struct backend_memory<cuda> {
     static constexpr bool host_accessible = false;
@@ -94,9 +98,15 @@ struct backend_memory<cuda> {
         if (p)
             XREC_CUDA_CHECK_NOTHROW(cudaFreeAsync(p, nullptr));
     }
-    static void zero(void* p, std::size_t bytes) { XREC_CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, nullptr)); }
+    static void zero(void* p, std::size_t bytes) {
+        XREC_CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, device::current_stream()));
+    }
     static void copy(void* dst, const void* src, std::size_t bytes) {
-        XREC_CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyDefault));
+        const cudaStream_t s = device::current_stream();
+        XREC_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, s));
+        cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
+        XREC_CUDA_CHECK(cudaStreamIsCapturing(s, &st));
+        if (st == cudaStreamCaptureStatusNone) XREC_CUDA_CHECK(cudaStreamSynchronize(s));
     }
 };
 

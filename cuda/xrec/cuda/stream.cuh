@@ -9,8 +9,33 @@
 namespace xrec {
 namespace device {
 
-/// The stream a cuda tag names (null: the legacy default stream).
-inline cudaStream_t stream_of(cuda tag) noexcept { return static_cast<cudaStream_t>(tag.stream); }
+/// The calling thread's current stream: where kernels called with a default tag (`cuda{}`,
+/// as the ops write `B{}`) are queued. Null (the legacy default stream) unless a
+/// stream_scope is active on this thread.
+inline cudaStream_t& current_stream_slot() noexcept {
+    static thread_local cudaStream_t s = nullptr;
+    return s;
+}
+inline cudaStream_t current_stream() noexcept { return current_stream_slot(); }
+
+/// The stream a cuda tag names; a tag without one means the thread's current stream.
+inline cudaStream_t stream_of(cuda tag) noexcept {
+    return tag.stream ? static_cast<cudaStream_t>(tag.stream) : current_stream();
+}
+
+/// Makes `s` the calling thread's current stream until the scope ends (then restores the
+/// previous one), so that model code written against `B{}` runs on s: how a CUDA graph of a
+/// whole forward is captured on one stream (device::graph_predictor).
+class stream_scope {
+public:
+    explicit stream_scope(cudaStream_t s) noexcept : prev_(current_stream_slot()) { current_stream_slot() = s; }
+    stream_scope(const stream_scope&) = delete;
+    stream_scope& operator=(const stream_scope&) = delete;
+    ~stream_scope() { current_stream_slot() = prev_; }
+
+private:
+    cudaStream_t prev_;
+};
 
 /// An owned CUDA stream; `tag()` is the cuda tag that queues kernels on it.
 class stream {
