@@ -174,6 +174,13 @@ void embedding_bag_fwd(benchmark::State& st, std::int64_t rows, std::int64_t dim
     set_counters(st, c.gathered_bytes());
 }
 
+template <int MinBlocks, int Unroll>
+struct step_policy : xrec::embedding_bag_cuda_policy {
+    static constexpr int update_min_blocks = MinBlocks;
+    static constexpr int update_unroll = Unroll;
+};
+
+template <class P = xrec::embedding_bag_cuda_policy>
 void embedding_bag_adagrad(benchmark::State& st, std::int64_t rows, std::int64_t dim, bool zipf) {
     bag_case& c = get_case(rows, dim, zipf);
     xrec::device::workspace ws;
@@ -181,7 +188,7 @@ void embedding_bag_adagrad(benchmark::State& st, std::int64_t rows, std::int64_t
     kernels::rowwise_adagrad_step o;
     for (auto _ : st) {
         t.start();
-        kernels::embedding_bag_adagrad(cuda{}, c.table.data(), c.accum.data(), rows, dim, c.ids.data(),
+        kernels::embedding_bag_adagrad<float, P>(cuda{}, c.table.data(), c.accum.data(), rows, dim, c.ids.data(),
                                        c.offsets.data(), c.batch, c.batch * c.per_bag,
                                        static_cast<const float*>(nullptr), xrec::pooling::sum,
                                        static_cast<const std::int32_t*>(nullptr), c.gy.data(), o, ws);
@@ -211,6 +218,20 @@ void register_sweep(bool zipf = false) {
         ->MinTime(min_time(0.3));
 }
 
+// The fused backward's sweep: register cap (min resident blocks) x rows in flight.
+template <int MinBlocks, int Unroll>
+void register_step_sweep(bool zipf) {
+    const std::string name = std::string("sweep/embedding_bag_adagrad/D64/") + (zipf ? "zipf" : "uniform") +
+                             "/minblocks" + std::to_string(MinBlocks) + "/unroll" + std::to_string(Unroll);
+    benchmark::RegisterBenchmark(name.c_str(),
+                                 [zipf](benchmark::State& st) {
+                                     embedding_bag_adagrad<step_policy<MinBlocks, Unroll>>(st, 10'000'000, 64, zipf);
+                                 })
+        ->UseManualTime()
+        ->Unit(benchmark::kMicrosecond)
+        ->MinTime(min_time(0.3));
+}
+
 void register_all() {
     auto* r = benchmark::RegisterBenchmark("device/read_bandwidth", read_bandwidth);
     r->UseManualTime()->Unit(benchmark::kMillisecond)->MinTime(min_time(0.5));
@@ -227,7 +248,7 @@ void register_all() {
                 ->Unit(benchmark::kMicrosecond)
                 ->MinTime(min_time(0.5));
             benchmark::RegisterBenchmark(("embedding_bag_adagrad" + tail).c_str(), [=](benchmark::State& st) {
-                embedding_bag_adagrad(st, 10'000'000, dim, zipf);
+                embedding_bag_adagrad<>(st, 10'000'000, dim, zipf);
             })
                 ->UseManualTime()
                 ->Unit(benchmark::kMicrosecond)
@@ -242,6 +263,14 @@ void register_all() {
     register_sweep<256, 4, true>();
     register_sweep<256, 4, true>(true);
     register_sweep<256, 4>(true);
+    for (bool zipf : {false, true}) {
+        register_step_sweep<1, 4>(zipf);
+        register_step_sweep<3, 2>(zipf);
+        register_step_sweep<4, 4>(zipf);
+        register_step_sweep<4, 2>(zipf);
+        register_step_sweep<6, 2>(zipf);
+        register_step_sweep<8, 1>(zipf);
+    }
 }
 
 // Measures the read bandwidth once up front so every case can report its fraction of it.

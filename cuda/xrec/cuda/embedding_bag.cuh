@@ -64,8 +64,14 @@ struct embedding_bag_cuda_policy {
     /// block. With 32 the block adding a Zipf(1.05) hot id's 4,000 partial rows took 140 us
     /// of a 0.58 ms step (ncu, H100, D = 64); 128 cuts those rows 4x.
     static constexpr int piece = 128;
-    /// Gradient rows (and partial rows) each update thread loads before adding any.
-    static constexpr int update_unroll = 4;
+    /// Gradient rows (and partial rows) each update thread loads before adding any, and the
+    /// minimum resident blocks per SM asked of the compiler for the update kernel (its
+    /// __launch_bounds__, a register cap). Swept on the H100 (bench/cuda
+    /// `sweep/embedding_bag_adagrad`, 10M x 64, 65,536 bags of 32, medians of 3, 2026-11-23):
+    /// min blocks / unroll 1/4 (80 registers): 1054 us uniform, 546 us Zipf; 3/2: 880, 502;
+    /// 4/4: 1002, 516; 4/2: 770, 477; 6/2: 1176, 566; 8/1: 1267, 616.
+    static constexpr int update_unroll = 2;
+    static constexpr int update_min_blocks = 4;
 };
 
 namespace kernels {
@@ -347,7 +353,7 @@ __global__ void bag_positions_kernel(const std::int64_t* __restrict__ ids, const
 // The merged gradient of one piece of a run: entries [p_beg, p_end) of the sorted order,
 // summed in that order into g (the columns thread t owns: c = k * G * V + t * V). sorted
 // holds bags (by_bag) or positions (whose bags are in pos_bag).
-template <class T, int V, int G, int Tiles>
+template <class T, int V, int G, int Tiles, int UJ>
 __device__ inline void sum_piece(T (&g)[Tiles][V], int t, std::int64_t dim, std::int32_t p_beg, std::int32_t p_end,
                                  bool by_bag, const std::int32_t* __restrict__ sorted,
                                  const std::int32_t* __restrict__ pos_bag, const std::int64_t* __restrict__ offsets,
@@ -359,7 +365,6 @@ __device__ inline void sum_piece(T (&g)[Tiles][V], int t, std::int64_t dim, std:
     if (mode != 2) {
         // UJ rows' loads issued before any add (latency), added in position order (the same
         // sums, bit for bit, as the one-at-a-time loop below).
-        constexpr int UJ = embedding_bag_cuda_policy::update_unroll;
         for (; j + UJ <= p_end; j += UJ) {
             std::int32_t bb[UJ];
             T cf[UJ];
@@ -506,8 +511,8 @@ __global__ void long_map_kernel(const std::int32_t* __restrict__ num_runs, const
 // at most one piece (nearly every run with uniform ids) is summed and its row updated here;
 // items [runs, runs + long pieces) are the pieces of the long runs (hot ids), whose sums go
 // to their partial rows for phase B.
-template <class T, int V, int G, int Tiles>
-__global__ void __launch_bounds__(embedding_bag_cuda_policy::block_threads)
+template <class P, class T, int V, int G, int Tiles>
+__global__ void __launch_bounds__(P::block_threads, P::update_min_blocks)
     bag_pieces_kernel(T* __restrict__ table, T* __restrict__ accum, std::int64_t dim, std::int32_t L, std::int32_t n,
                       const std::uint32_t* __restrict__ uniq, const std::int32_t* __restrict__ num_runs,
                       const std::int32_t* __restrict__ counts, const std::int32_t* __restrict__ starts,
@@ -531,7 +536,7 @@ __global__ void __launch_bounds__(embedding_bag_cuda_policy::block_threads)
             load_row<T, V, Tiles>(wv, t, G, table + row * dim, dim);  // row and accumulator in flight
             const T acc_old = accum[row];                             // during the sum
             const std::int32_t p_beg = starts[q];
-            sum_piece<T, V, G, Tiles>(g, t, dim, p_beg, p_beg + counts[q], by_bag, sorted, pos_bag, offsets, gy, w,
+            sum_piece<T, V, G, Tiles, P::update_unroll>(g, t, dim, p_beg, p_beg + counts[q], by_bag, sorted, pos_bag, offsets, gy, w,
                                       mode, arg);
             adagrad_row<T, V, G, Tiles>(g, wv, acc_old, t, mask, table + row * dim, accum + row, dim, lr, eps, l2);
         } else {
@@ -541,7 +546,7 @@ __global__ void __launch_bounds__(embedding_bag_cuda_policy::block_threads)
             const std::int32_t run_end = starts[r] + counts[r];
             const std::int32_t p_beg = starts[r] + k * L;
             const std::int32_t p_end = p_beg + L < run_end ? p_beg + L : run_end;
-            sum_piece<T, V, G, Tiles>(g, t, dim, p_beg, p_end, by_bag, sorted, pos_bag, offsets, gy, w, mode, arg);
+            sum_piece<T, V, G, Tiles, P::update_unroll>(g, t, dim, p_beg, p_end, by_bag, sorted, pos_bag, offsets, gy, w, mode, arg);
             T* prow = partial + static_cast<std::int64_t>(piece) * dim;
 #pragma unroll
             for (int kk = 0; kk < Tiles; ++kk) {
@@ -556,13 +561,13 @@ __global__ void __launch_bounds__(embedding_bag_cuda_policy::block_threads)
 // Phase B: one block per long run. The block's groups sum the run's partial rows strided
 // (group j takes partials j, j + groups, ...), in order; group 0 then adds the group sums in
 // group order and updates the row. Fixed order throughout.
-template <class T, int V, int G, int Tiles>
-__global__ void __launch_bounds__(embedding_bag_cuda_policy::block_threads)
+template <class P, class T, int V, int G, int Tiles>
+__global__ void __launch_bounds__(P::block_threads)
     bag_long_kernel(T* __restrict__ table, T* __restrict__ accum, std::int64_t dim, std::int32_t n,
                     const std::uint32_t* __restrict__ uniq, const std::uint64_t* __restrict__ info,
                     const std::uint64_t* __restrict__ scan, const std::int32_t* __restrict__ long_runs,
                     const T* __restrict__ partial, T lr, T eps, T l2) {
-    constexpr int groups = embedding_bag_cuda_policy::block_threads / G;
+    constexpr int groups = P::block_threads / G;
     __shared__ T red[groups][Tiles * G * V];
     const int t = static_cast<int>(threadIdx.x % G), j = static_cast<int>(threadIdx.x / G);
     const std::int32_t num_long = hi32(scan[n - 1]) + hi32(info[n - 1]);
@@ -572,7 +577,7 @@ __global__ void __launch_bounds__(embedding_bag_cuda_policy::block_threads)
         T g[Tiles][V];
         for (int k = 0; k < Tiles; ++k)
             for (int v = 0; v < V; ++v) g[k][v] = T(0);
-        constexpr int UJ = embedding_bag_cuda_policy::update_unroll;
+        constexpr int UJ = P::update_unroll;
         std::int32_t q = j;
         for (; q + (UJ - 1) * groups < np; q += UJ * groups) {  // UJ partial rows in flight, added in order
             T x[UJ][Tiles][V];
@@ -649,7 +654,7 @@ inline std::size_t align256(std::size_t n) { return (n + 255) & ~std::size_t{255
 inline std::int64_t max_partials(std::int64_t nnz, std::int64_t L) { return 2 * nnz / L + 1; }
 
 // The scratch layout for nnz ids; with base == nullptr only the size is computed.
-template <class T>
+template <class P, class T>
 std::size_t carve(char* base, std::int64_t nnz, std::int64_t rows, std::int64_t dim, bag_step_scratch& sc) {
     const int n = static_cast<int>(nnz);
     std::size_t sort_b = 0, rle_b = 0, scan_b = 0;
@@ -690,29 +695,29 @@ std::size_t carve(char* base, std::int64_t nnz, std::int64_t rows, std::int64_t 
     // After the sort its inputs are free: the long-run maps reuse them.
     sc.piece_run = reinterpret_cast<std::int32_t*>(sc.keys_in);
     sc.long_runs = sc.vals_in;
-    sc.partial = take(static_cast<std::size_t>(max_partials(nnz, embedding_bag_cuda_policy::piece) * dim) * sizeof(T));
+    sc.partial = take(static_cast<std::size_t>(max_partials(nnz, P::piece) * dim) * sizeof(T));
     sc.cub_tmp = take(cub_b);
     sc.cub_bytes = cub_b;
     return off;
 }
 
-template <class T, int V, int G, int Tiles>
+template <class P, class T, int V, int G, int Tiles>
 void launch_bag_step(cudaStream_t s, int sms, T* table, T* accum, std::int64_t dim, const bag_step_scratch& sc,
                      bool by_bag, const std::int64_t* offsets, const T* gy, const T* w, int mode,
                      const std::int32_t* arg, T lr, T eps, T l2, std::int64_t nnz) {
-    constexpr int threads = embedding_bag_cuda_policy::block_threads;
-    constexpr int L = embedding_bag_cuda_policy::piece;
+    constexpr int threads = P::block_threads;
+    constexpr int L = P::piece;
     const int n = static_cast<int>(nnz);
     const std::int64_t per_block = threads / G;
     std::int64_t blocks = (nnz + per_block - 1) / per_block;
-    const std::int64_t cap = static_cast<std::int64_t>(sms) * embedding_bag_cuda_policy::update_blocks_per_sm;
+    const std::int64_t cap = static_cast<std::int64_t>(sms) * P::update_blocks_per_sm;
     blocks = blocks > cap ? cap : (blocks < 1 ? 1 : blocks);
-    bag_pieces_kernel<T, V, G, Tiles><<<static_cast<unsigned>(blocks), threads, 0, s>>>(
+    bag_pieces_kernel<P, T, V, G, Tiles><<<static_cast<unsigned>(blocks), threads, 0, s>>>(
         table, accum, dim, L, n, sc.uniq, sc.num_runs, sc.counts, sc.starts, sc.info, sc.scan, sc.piece_run,
         static_cast<T*>(sc.partial),
         by_bag, sc.vals_out, sc.pos_bag, offsets, gy, w, mode, arg, lr, eps, l2);
     XREC_CUDA_CHECK(cudaGetLastError());
-    bag_long_kernel<T, V, G, Tiles><<<static_cast<unsigned>(sms) * 4, threads, 0, s>>>(
+    bag_long_kernel<P, T, V, G, Tiles><<<static_cast<unsigned>(sms) * 4, threads, 0, s>>>(
         table, accum, dim, n, sc.uniq, sc.info, sc.scan, sc.long_runs, static_cast<const T*>(sc.partial), lr, eps, l2);
     XREC_CUDA_CHECK(cudaGetLastError());
 }
@@ -720,13 +725,13 @@ void launch_bag_step(cudaStream_t s, int sms, T* table, T* accum, std::int64_t d
 // Group size G and column tiles: up to 8 V-wide columns one thread, up to 32 a group of 8
 // threads with 2 or 4 tiles (fewer threads per row: more rows in flight per SM, which is
 // what the latency-bound update needs), then 16 and 32 threads with 4 tiles.
-template <class T, int V>
+template <class P, class T, int V>
 void dispatch_bag_step(cudaStream_t s, int sms, T* table, T* accum, std::int64_t dim, const bag_step_scratch& sc,
                        bool by_bag, const std::int64_t* offsets, const T* gy, const T* w, int mode,
                        const std::int32_t* arg, T lr, T eps, T l2, std::int64_t nnz) {
     const std::int64_t lanes = (dim + V - 1) / V;
 #define XREC_BAG_STEP(G_, TILES_) \
-    return launch_bag_step<T, V, G_, TILES_>(s, sms, table, accum, dim, sc, by_bag, offsets, gy, w, mode, arg, lr, eps, l2, nnz)
+    return launch_bag_step<P, T, V, G_, TILES_>(s, sms, table, accum, dim, sc, by_bag, offsets, gy, w, mode, arg, lr, eps, l2, nnz)
     if (lanes <= 1) XREC_BAG_STEP(1, 1);
     if (lanes <= 2) XREC_BAG_STEP(2, 1);
     if (lanes <= 4) XREC_BAG_STEP(4, 1);
@@ -734,7 +739,7 @@ void dispatch_bag_step(cudaStream_t s, int sms, T* table, T* accum, std::int64_t
     if (lanes <= 16) XREC_BAG_STEP(8, 2);
     if (lanes <= 32) XREC_BAG_STEP(8, 4);
     if (lanes <= 64) XREC_BAG_STEP(16, 4);
-    XREC_BAG_STEP(32, embedding_bag_cuda_policy::update_tiles);
+    XREC_BAG_STEP(32, P::update_tiles);
 #undef XREC_BAG_STEP
 }
 
@@ -742,10 +747,10 @@ void dispatch_bag_step(cudaStream_t s, int sms, T* table, T* accum, std::int64_t
 
 /// Scratch bytes embedding_bag_adagrad needs for nnz ids over a `rows` x `dim` table (first
 /// phase of the two-phase call; CUB's own temporary storage included).
-template <class T>
+template <class T, class P = embedding_bag_cuda_policy>
 std::size_t embedding_bag_adagrad_workspace_bytes(std::int64_t nnz, std::int64_t rows, std::int64_t dim) {
     cuda_detail::bag_step_scratch sc{};
-    return cuda_detail::carve<T>(nullptr, nnz > 0 ? nnz : 1, rows, dim, sc);
+    return cuda_detail::carve<P, T>(nullptr, nnz > 0 ? nnz : 1, rows, dim, sc);
 }
 
 /// Backward of embedding_bag fused with the row-wise Adagrad update of its table:
@@ -759,8 +764,9 @@ std::size_t embedding_bag_adagrad_workspace_bytes(std::int64_t nnz, std::int64_t
 /// embedding_bag_cuda_policy::piece positions summed in order, and the pieces of a long run
 /// (a hot id) are added in piece order. `ws` is grown to
 /// embedding_bag_adagrad_workspace_bytes(nnz, rows, dim) when needed. Needs nnz below 2^31
-/// and rows up to 2^32. `arg` is the forward's argmax (max pooling only).
-template <class T>
+/// and rows up to 2^32. `arg` is the forward's argmax (max pooling only). P: the tuning
+/// policy (embedding_bag_cuda_policy unless a benchmark sweeps it).
+template <class T, class P = embedding_bag_cuda_policy>
 void embedding_bag_adagrad(cuda tag, T* table, T* accum, std::int64_t rows, std::int64_t dim, const std::int64_t* ids,
                            const std::int64_t* offsets, std::int64_t batch, std::int64_t nnz, const T* w,
                            pooling mode, const std::int32_t* arg, const T* gy, const rowwise_adagrad_step& opt,
@@ -773,14 +779,14 @@ void embedding_bag_adagrad(cuda tag, T* table, T* accum, std::int64_t rows, std:
     constexpr int V16 = static_cast<int>(16 / sizeof(T));
     const bool vec = reinterpret_cast<std::uintptr_t>(table) % 16 == 0 &&
                      reinterpret_cast<std::uintptr_t>(gy) % 16 == 0 && dim % V16 == 0;
-    const std::int64_t widest = std::int64_t{embedding_bag_cuda_policy::update_tiles} * 32 * (vec ? V16 : 1);
+    const std::int64_t widest = std::int64_t{P::update_tiles} * 32 * (vec ? V16 : 1);
     XREC_CHECK(dim <= widest, "embedding_bag_adagrad(cuda): dim ", dim, " above ", widest,
                " (the fused update keeps a row in registers", vec ? "" : "; a dim that is a multiple of ",
                vec ? "" : std::to_string(V16), vec ? ")" : " raises the limit 4x)");
     const cudaStream_t s = device::stream_of(tag);
     cuda_detail::bag_step_scratch sc{};
-    const std::size_t bytes = cuda_detail::carve<T>(nullptr, nnz, rows, dim, sc);
-    cuda_detail::carve<T>(static_cast<char*>(ws.get(bytes)), nnz, rows, dim, sc);
+    const std::size_t bytes = cuda_detail::carve<P, T>(nullptr, nnz, rows, dim, sc);
+    cuda_detail::carve<P, T>(static_cast<char*>(ws.get(bytes)), nnz, rows, dim, sc);
     const int n = static_cast<int>(nnz);
     using cuda_detail::blocks_for;
     using cuda_detail::threads;
@@ -797,7 +803,7 @@ void embedding_bag_adagrad(cuda tag, T* table, T* accum, std::int64_t rows, std:
     XREC_CUDA_CHECK(cub::DeviceRunLengthEncode::Encode(sc.cub_tmp, b, sc.keys_out, sc.uniq, sc.counts, sc.num_runs,
                                                        n, s));
     cuda_detail::run_info_kernel<<<blocks_for(nnz), threads, 0, s>>>(n, sc.num_runs, sc.counts,
-                                                                     embedding_bag_cuda_policy::piece, sc.info);
+                                                                     P::piece, sc.info);
     XREC_CUDA_CHECK(cudaGetLastError());
     b = sc.cub_bytes;
     XREC_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(sc.cub_tmp, b, sc.counts, sc.starts, n, s));
@@ -813,9 +819,9 @@ void embedding_bag_adagrad(cuda tag, T* table, T* accum, std::int64_t rows, std:
     const int m = mode == pooling::sum ? 0 : mode == pooling::mean ? 1 : 2;
     const T lr = static_cast<T>(opt.lr), eps = static_cast<T>(opt.eps), l2 = static_cast<T>(opt.weight_decay);
     if (vec)
-        cuda_detail::dispatch_bag_step<T, V16>(s, sms, table, accum, dim, sc, by_bag, offsets, gy, w, m, arg, lr, eps, l2, nnz);
+        cuda_detail::dispatch_bag_step<P, T, V16>(s, sms, table, accum, dim, sc, by_bag, offsets, gy, w, m, arg, lr, eps, l2, nnz);
     else
-        cuda_detail::dispatch_bag_step<T, 1>(s, sms, table, accum, dim, sc, by_bag, offsets, gy, w, m, arg, lr, eps, l2, nnz);
+        cuda_detail::dispatch_bag_step<P, T, 1>(s, sms, table, accum, dim, sc, by_bag, offsets, gy, w, m, arg, lr, eps, l2, nnz);
 }
 
 }  // namespace kernels
