@@ -18,6 +18,12 @@
 // atomics: the result is bit-identical from run to run. The number of unique ids stays on
 // the device (the update kernel walks a grid-stride loop up to it), so the step never waits
 // for the host and can be captured into a CUDA graph.
+//
+// ops::embedding_bag (the tape's op, any optimizer) runs on the cuda tag through the
+// batched kernels at the end of this file: bag_pool_fwd (the forward above), bag_grad_rows
+// (the table's sparse gradient rows, one warp per position), bag_grad_weights (the per-id
+// weights' gradient) and bag_max_mark (max pooling's winners, copied to the host to number
+// the sparse rows).
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -31,6 +37,7 @@
 #include "xrec/backend/cuda_tag.hpp"
 #include "xrec/core/error.hpp"
 #include "xrec/core/features.hpp"
+#include "xrec/core/parallel.hpp"
 #include "xrec/cuda/check.cuh"
 #include "xrec/cuda/kernels.cuh"
 #include "xrec/cuda/memory.cuh"
@@ -829,22 +836,168 @@ void embedding_bag_adagrad(cuda tag, T* table, T* accum, std::int64_t rows, std:
 
 namespace xrec::kernels {
 
-// The per-bag kernels of the cpu backend (one call per bag from a host loop in
-// ops::embedding_bag) have no cuda twin: a launch per bag would be the wrong design, and the
-// op's loops over offsets run on the host. ops::embedding_bag on the cuda tag is not wired
-// to the batched kernels above yet, so it stops here with a message rather than compiling
-// into something that reads device memory on the host.
-template <class T>
-[[noreturn]] void bag_sum(cuda, const T*, std::int64_t, const std::int64_t*, const T*, std::int64_t, T, T*,
-                          std::int64_t = -1) {
-    XREC_FAIL("ops::embedding_bag is not supported on the cuda tag yet; call kernels::embedding_bag_fwd / "
-              "embedding_bag_adagrad (cuda/xrec/cuda/embedding_bag.cuh) directly");
+// ---- ops::embedding_bag on the cuda tag: the batched kernels the op calls on every backend
+// ---- (cpu overloads in include/xrec/ops/embedding.hpp). ids and offsets are device copies
+// ---- (kernels::upload_ids); tensors are device memory. kernels::bag_sum / bag_max, the cpu
+// ---- backend's per-bag kernels, have no cuda overload (a launch per bag would be the wrong
+// ---- design): calling them on the cuda tag stops at compile time (backend/kernels.hpp).
+
+namespace cuda_detail {
+
+// The bag of position i: the b in [0, batch) with offsets[b] <= i < offsets[b + 1], by
+// binary search (offsets[0] = 0 <= i < offsets[batch] = nnz keeps the invariant
+// offsets[lo] <= i < offsets[hi]; an empty bag can never satisfy it).
+__device__ inline std::int64_t bag_of(const std::int64_t* __restrict__ offsets, std::int64_t batch, std::int64_t i) {
+    std::int64_t lo = 0, hi = batch;
+    while (hi - lo > 1) {
+        const std::int64_t mid = lo + (hi - lo) / 2;
+        if (offsets[mid] <= i)
+            lo = mid;
+        else
+            hi = mid;
+    }
+    return lo;
 }
+
+// mark[offsets[b] + arg[b, d]] = 1 for every element with arg >= 0 (mark zeroed before).
+// Several threads may store the same byte, all the value 1: the result is the same in any
+// order.
+__global__ void bag_max_mark_kernel(std::int64_t dim, const std::int64_t* __restrict__ offsets, std::int64_t batch,
+                                    const std::int32_t* __restrict__ arg, std::uint8_t* __restrict__ mark) {
+    for (std::int64_t e = first_index(); e < batch * dim; e += grid_stride()) {
+        const std::int32_t a = arg[e];
+        if (a >= 0) mark[offsets[e / dim] + a] = 1;
+    }
+}
+
+// One warp per position i (grid-stride over positions), the lanes over its row's elements
+// (coalesced): sum / mean write rows[i, :] = s_b w_i gy[b, :]; max writes the whole row
+// slot[i] (when >= 0): w_i gy[b, d] where arg[b, d] names i, 0 elsewhere.
 template <class T>
-[[noreturn]] void bag_max(cuda, const T*, std::int64_t, const std::int64_t*, const T*, std::int64_t, T*,
-                          std::int32_t*, std::int64_t = -1) {
-    XREC_FAIL("ops::embedding_bag (max pooling) is not supported on the cuda tag yet; call "
-              "kernels::embedding_bag_fwd / embedding_bag_adagrad (cuda/xrec/cuda/embedding_bag.cuh) directly");
+__global__ void bag_grad_rows_kernel(std::int64_t dim, const std::int64_t* __restrict__ offsets, std::int64_t batch,
+                                     std::int64_t nnz, const T* __restrict__ gy, const T* __restrict__ w, pooling mode,
+                                     const std::int32_t* __restrict__ arg, const std::int64_t* __restrict__ slot,
+                                     T* __restrict__ rows) {
+    const std::int64_t warps = static_cast<std::int64_t>(gridDim.x) * (blockDim.x / 32);
+    const std::int64_t lane = threadIdx.x % 32;
+    for (std::int64_t i = first_index() / 32; i < nnz; i += warps) {
+        const std::int64_t b = bag_of(offsets, batch, i), begin = offsets[b];
+        const T* g = gy + b * dim;
+        if (mode == pooling::max) {
+            const std::int64_t r = slot[i];
+            if (r < 0) continue;
+            const std::int32_t local = static_cast<std::int32_t>(i - begin);
+            const std::int32_t* a = arg + b * dim;
+            T* row = rows + r * dim;
+            for (std::int64_t d = lane; d < dim; d += 32)
+                row[d] = a[d] == local ? (w ? w[i] * g[d] : g[d]) : T(0);
+        } else {
+            // The cpu's coefficient, rounded alike: s = 1 / |b| (the bag holds i: |b| >= 1).
+            const T s = mode == pooling::mean ? T(1) / static_cast<T>(offsets[b + 1] - begin) : T(1);
+            const T c = w ? w[i] * s : s;
+            T* row = rows + i * dim;
+            for (std::int64_t d = lane; d < dim; d += 32) row[d] = c * g[d];
+        }
+    }
+}
+
+// One warp per position i: the lanes sum strided products gy[b, d] table[ids[i], d] (for
+// max only the elements whose arg names i), a fixed shuffle tree adds the lanes, and lane
+// 0 adds the result (times s_b for sum / mean) to gw[i]: one writer per element.
+template <class T>
+__global__ void bag_grad_weights_kernel(const T* __restrict__ table, std::int64_t dim,
+                                        const std::int64_t* __restrict__ ids, const std::int64_t* __restrict__ offsets,
+                                        std::int64_t batch, std::int64_t nnz, const T* __restrict__ gy, pooling mode,
+                                        const std::int32_t* __restrict__ arg, T* __restrict__ gw) {
+    const std::int64_t warps = static_cast<std::int64_t>(gridDim.x) * (blockDim.x / 32);
+    const std::int64_t lane = threadIdx.x % 32;
+    for (std::int64_t i = first_index() / 32; i < nnz; i += warps) {
+        const std::int64_t b = bag_of(offsets, batch, i), begin = offsets[b];
+        const T* g = gy + b * dim;
+        const T* e = table + ids[i] * dim;
+        T acc = T(0);
+        if (mode == pooling::max) {
+            const std::int32_t local = static_cast<std::int32_t>(i - begin);
+            const std::int32_t* a = arg + b * dim;
+            for (std::int64_t d = lane; d < dim; d += 32)
+                if (a[d] == local) acc += g[d] * e[d];
+        } else {
+            for (std::int64_t d = lane; d < dim; d += 32) acc += g[d] * e[d];
+        }
+        for (int off = 16; off > 0; off /= 2) acc += __shfl_down_sync(0xffffffffu, acc, off);
+        if (lane == 0) {
+            const T s = mode == pooling::mean ? T(1) / static_cast<T>(offsets[b + 1] - begin) : T(1);
+            gw[i] += mode == pooling::max ? acc : s * acc;
+        }
+    }
+}
+
+// Blocks for one warp per item over n items (grid-stride beyond 4096 blocks).
+inline unsigned warp_blocks_for(std::int64_t n) {
+    constexpr std::int64_t warps_per_block = threads / 32;
+    const std::int64_t b = (n + warps_per_block - 1) / warps_per_block;
+    return static_cast<unsigned>(b < 4096 ? b : 4096);
+}
+
+}  // namespace cuda_detail
+
+/// ops::embedding_bag's forward on the GPU: embedding_bag_fwd over the whole batch (see
+/// the cpu overload for the maths; arg may be null). `pool` unused.
+template <class T>
+void bag_pool_fwd(cuda tag, thread_pool* /*pool*/, const T* table, std::int64_t dim, const std::int64_t* ids,
+                  const std::int64_t* offsets, std::int64_t batch, const T* w, pooling mode, T* out,
+                  std::int32_t* arg) {
+    embedding_bag_fwd<T>(tag, table, dim, ids, offsets, batch, w, mode, out, arg);
+}
+
+/// Max pooling's winners (see the cpu overload): slot[i] = 0 on the host for every position
+/// that arg names, -1 for the others. A byte per position is marked on the device, copied
+/// to the host (this waits for the stream) and widened. Scratch from ctx's arenas.
+template <class Ctx>
+void bag_max_mark(cuda tag, Ctx& ctx, std::int64_t dim, const std::int64_t* offsets, std::int64_t batch,
+                  std::int64_t nnz, const std::int32_t* arg, std::int64_t* slot) {
+    if (nnz <= 0) return;
+    const cudaStream_t s = device::stream_of(tag);
+    std::uint8_t* mark = ctx.template scratch<std::uint8_t>(nnz);
+    std::uint8_t* host = ctx.template host_scratch<std::uint8_t>(nnz);
+    XREC_CUDA_CHECK(cudaMemsetAsync(mark, 0, static_cast<std::size_t>(nnz), s));
+    if (batch > 0 && dim > 0) {
+        cuda_detail::bag_max_mark_kernel<<<cuda_detail::blocks_for(batch * dim), cuda_detail::threads, 0, s>>>(
+            dim, offsets, batch, arg, mark);
+        cuda_detail::check_launch();
+    }
+    XREC_CUDA_CHECK(cudaMemcpyAsync(host, mark, static_cast<std::size_t>(nnz), cudaMemcpyDeviceToHost, s));
+    XREC_CUDA_CHECK(cudaStreamSynchronize(s));
+    for (std::int64_t i = 0; i < nnz; ++i) slot[i] = host[i] ? 0 : -1;
+}
+
+/// The table's sparse gradient rows of embedding_bag's backward (see the cpu overload):
+/// one warp per position; for max, every element of a winner's row is written (the
+/// caller's zeroing is not relied on). slot is a device array (max only). `pool` unused.
+template <class T>
+void bag_grad_rows(cuda tag, thread_pool* /*pool*/, std::int64_t dim, const std::int64_t* offsets, std::int64_t batch,
+                   std::int64_t nnz, const T* gy, const T* w, pooling mode, const std::int32_t* arg,
+                   const std::int64_t* slot, T* rows) {
+    if (nnz <= 0 || batch <= 0 || dim <= 0) return;
+    XREC_CHECK(mode != pooling::max || (arg && slot), "kernels::bag_grad_rows(cuda): max pooling needs arg and slot");
+    cuda_detail::bag_grad_rows_kernel<T>
+        <<<cuda_detail::warp_blocks_for(nnz), cuda_detail::threads, 0, device::stream_of(tag)>>>(
+            dim, offsets, batch, nnz, gy, w, mode, arg, slot, rows);
+    cuda_detail::check_launch();
+}
+
+/// The per-id weights' gradient of embedding_bag's backward (see the cpu overload): one warp
+/// per position, lanes reduced by a fixed shuffle tree, one writer per gw[i]. `pool` unused.
+template <class T>
+void bag_grad_weights(cuda tag, thread_pool* /*pool*/, const T* table, std::int64_t dim, const std::int64_t* ids,
+                      const std::int64_t* offsets, std::int64_t batch, std::int64_t nnz, const T* gy, pooling mode,
+                      const std::int32_t* arg, T* gw) {
+    if (nnz <= 0 || batch <= 0 || dim <= 0) return;
+    XREC_CHECK(mode != pooling::max || arg, "kernels::bag_grad_weights(cuda): max pooling needs arg");
+    cuda_detail::bag_grad_weights_kernel<T>
+        <<<cuda_detail::warp_blocks_for(nnz), cuda_detail::threads, 0, device::stream_of(tag)>>>(
+            table, dim, ids, offsets, batch, nnz, gy, mode, arg, gw);
+    cuda_detail::check_launch();
 }
 
 }  // namespace xrec::kernels

@@ -6,9 +6,117 @@
 #include <span>
 
 #include "xrec/core/features.hpp"
+#include "xrec/core/parallel.hpp"
 #include "xrec/core/param_store.hpp"
 #include "xrec/core/tensor.hpp"
 #include "xrec/ops/common.hpp"
+
+namespace xrec::kernels {
+
+// The batched kernels of ops::embedding_bag (cuda twins in cuda/xrec/cuda/embedding_bag.cuh).
+// ids and offsets are where upload_ids put them (on the cpu the host arrays themselves).
+XREC_KERNEL_FALLBACK(bag_pool_fwd)
+XREC_KERNEL_FALLBACK(bag_max_mark)
+XREC_KERNEL_FALLBACK(bag_grad_rows)
+XREC_KERNEL_FALLBACK(bag_grad_weights)
+
+/// Forward of every bag: out[b, :] = pool over i in [offsets[b], offsets[b+1]) of
+/// w_i table[ids[i], :] (sum; mean: divided by the bag's size; max: per element, with the
+/// bag-local argmax in arg[b, :] when arg is non-null). Empty bags give zeros (arg -1). One
+/// bag_sum / bag_max per bag, bags split over `pool`; each call may prefetch ids up to the
+/// end of its thread's range, so a bag of a few ids does not start every row cold.
+template <class T, class A>
+void bag_pool_fwd(cpu<A>, thread_pool* pool, const T* table, std::int64_t dim, const std::int64_t* ids,
+                  const std::int64_t* offsets, std::int64_t batch, const T* w, pooling mode, T* out,
+                  std::int32_t* arg) {
+    parallel_for(pool, batch, policy<cpu<A>>::bag_parallel_min, [&](std::int64_t b0, std::int64_t b1, int) {
+        for (std::int64_t b = b0; b < b1; ++b) {
+            const std::int64_t begin = offsets[b], n = offsets[b + 1] - begin;
+            const T* wb = w ? w + begin : nullptr;
+            T* o = out + b * dim;
+            const std::int64_t avail = offsets[b1] - begin;
+            switch (mode) {
+                case pooling::sum: bag_sum(cpu<A>{}, table, dim, ids + begin, wb, n, T(1), o, avail); break;
+                case pooling::mean:
+                    bag_sum(cpu<A>{}, table, dim, ids + begin, wb, n, n ? T(1) / static_cast<T>(n) : T(1), o, avail);
+                    break;
+                case pooling::max:
+                    bag_max(cpu<A>{}, table, dim, ids + begin, wb, n, o, arg ? arg + b * dim : nullptr, avail);
+                    break;
+            }
+        }
+    });
+}
+
+/// Max pooling's winners: slot[i] = 0 (host memory, nnz elements) for every position i that
+/// arg (the forward's [batch, dim] bag-local argmax, -1 in empty bags) names in its bag,
+/// -1 for the others.
+template <class A, class Ctx>
+void bag_max_mark(cpu<A>, Ctx&, std::int64_t dim, const std::int64_t* offsets, std::int64_t batch, std::int64_t nnz,
+                  const std::int32_t* arg, std::int64_t* slot) {
+    std::fill(slot, slot + nnz, std::int64_t{-1});
+    for (std::int64_t b = 0; b < batch; ++b) {
+        const std::int32_t* a = arg + b * dim;
+        for (std::int64_t d = 0; d < dim; ++d)
+            if (a[d] >= 0) slot[offsets[b] + a[d]] = 0;
+    }
+}
+
+/// The table's sparse gradient rows of embedding_bag's backward, gy [batch, dim]:
+///  - sum / mean (slot null): rows[i, :] = s_b w_i gy[b, :] for every position i of bag b,
+///    s_b = 1 (sum) or 1/|b| (mean), w null meaning 1;
+///  - max: rows[slot[i], d] = w_i gy[b, d] for the elements d whose arg[b, d] names i
+///    (rows zeroed by the caller; slot[i] < 0 for positions that won nothing).
+template <class T, class A>
+void bag_grad_rows(cpu<A>, thread_pool* pool, std::int64_t dim, const std::int64_t* offsets, std::int64_t batch,
+                   std::int64_t /*nnz*/, const T* gy, const T* w, pooling mode, const std::int32_t* arg,
+                   const std::int64_t* slot, T* rows) {
+    parallel_for(pool, batch, policy<cpu<A>>::bag_parallel_min, [&](std::int64_t b0, std::int64_t b1, int) {
+        for (std::int64_t b = b0; b < b1; ++b) {
+            const std::int64_t begin = offsets[b], end = offsets[b + 1];
+            const T* g = gy + b * dim;
+            if (mode == pooling::max) {
+                const std::int32_t* a = arg + b * dim;
+                for (std::int64_t d = 0; d < dim; ++d) {
+                    if (a[d] < 0) continue;
+                    const std::int64_t i = begin + a[d];
+                    rows[slot[i] * dim + d] = w ? w[i] * g[d] : g[d];
+                }
+                continue;
+            }
+            const T s = mode == pooling::mean && end > begin ? T(1) / static_cast<T>(end - begin) : T(1);
+            for (std::int64_t i = begin; i < end; ++i) scale(cpu<A>{}, dim, w ? w[i] * s : s, g, rows + i * dim);
+        }
+    });
+}
+
+/// The per-id weights' gradient of embedding_bag's backward: gw[i] += s_b <gy[b, :],
+/// table[ids[i], :]> for sum / mean; for max gw[i] += sum of gy[b, d] table[ids[i], d] over
+/// the elements d whose arg[b, d] names i.
+template <class T, class A>
+void bag_grad_weights(cpu<A>, thread_pool* pool, const T* table, std::int64_t dim, const std::int64_t* ids,
+                      const std::int64_t* offsets, std::int64_t batch, std::int64_t /*nnz*/, const T* gy, pooling mode,
+                      const std::int32_t* arg, T* gw) {
+    parallel_for(pool, batch, policy<cpu<A>>::bag_parallel_min, [&](std::int64_t b0, std::int64_t b1, int) {
+        for (std::int64_t b = b0; b < b1; ++b) {
+            const std::int64_t begin = offsets[b], end = offsets[b + 1];
+            const T* g = gy + b * dim;
+            if (mode == pooling::max) {
+                const std::int32_t* a = arg + b * dim;
+                for (std::int64_t d = 0; d < dim; ++d) {
+                    if (a[d] < 0) continue;
+                    const std::int64_t i = begin + a[d];
+                    gw[i] += g[d] * table[ids[i] * dim + d];
+                }
+                continue;
+            }
+            const T s = mode == pooling::mean && end > begin ? T(1) / static_cast<T>(end - begin) : T(1);
+            for (std::int64_t i = begin; i < end; ++i) gw[i] += s * dot(cpu<A>{}, dim, g, table + ids[i] * dim);
+        }
+    });
+}
+
+}  // namespace xrec::kernels
 
 namespace xrec::ops {
 
@@ -79,20 +187,25 @@ var<typename Ctx::value_type> embedding_lookup_impl(Ctx& ctx,
 }
 
 /// y[b, :] = pool over i in bag b of w_i * table[ids_i, :]. Backward saves the ids and
-/// offsets (copied to the tape), the weights handle and, for max, the bag-local argmax of
-/// every output element ([batch, dim] int32, -1 for empty bags).
+/// offsets (copied to the tape, and where the backend's kernels read them: the same copies
+/// on the cpu, the context's device arena on cuda), the weights handle and, for max, the
+/// bag-local argmax of every output element ([batch, dim] int32, -1 for empty bags).
 ///  - sum / mean: appends (ids_i, s_b w_i dy[b, :]) for every position i in order, with
 ///    s_b = 1 (sum) or 1/|b| (mean); dw_i += s_b <dy[b, :], table[ids_i, :]>.
 ///  - max: appends one row for every position that is the argmax of at least one element
 ///    of its bag, in position order, holding w_i dy[b, d] in the elements it won and zeros
-///    elsewhere; dw_i += sum over won elements d of dy[b, d] table[ids_i, d].
+///    elsewhere; dw_i += sum over won elements d of dy[b, d] table[ids_i, d]. Numbering the
+///    winners needs them on the host (the sparse gradient's ids are host memory): on cuda
+///    the backward waits once for a byte per position.
 template <class Ctx>
 struct bag_node : tape_node {
     using T = typename Ctx::value_type;
     using B = typename Ctx::backend;
     embedding_table<T, B>* table;
-    const std::int64_t* values;
+    const std::int64_t* values;       // host (tape) copies: the sparse gradient's ids
     const std::int64_t* offsets;
+    const std::int64_t* dev_values;   // where the kernels read them (== values on the cpu)
+    const std::int64_t* dev_offsets;
     std::int64_t batch, nnz;
     pooling mode;
     var<T> w, y;
@@ -107,53 +220,32 @@ struct bag_node : tape_node {
         const std::int64_t dim = t.dim;
         const T* wv = nd.w.data;
         T* gw = wv ? ctx.grad(nd.w) : nullptr;
-        const T* tv = t.values.data();
-        constexpr std::int64_t min_bags = policy<B>::bag_parallel_min;
         if (nd.mode != pooling::max) {
             T* rows = t.grad.append(nd.nnz, nd.values);
-            parallel_for(ctx.pool(), nd.batch, min_bags, [&](std::int64_t b0, std::int64_t b1, int) {
-                for (std::int64_t b = b0; b < b1; ++b) {
-                    const std::int64_t begin = nd.offsets[b], end = nd.offsets[b + 1];
-                    const T s = nd.mode == pooling::mean && end > begin ? T(1) / static_cast<T>(end - begin) : T(1);
-                    const T* g = gy + b * dim;
-                    for (std::int64_t i = begin; i < end; ++i) {
-                        kernels::scale(B{}, dim, wv ? wv[i] * s : s, g, rows + i * dim);
-                        if (gw) gw[i] += s * kernels::dot(B{}, dim, g, tv + nd.values[i] * dim);
-                    }
-                }
-            });
-            return;
+            kernels::bag_grad_rows(B{}, ctx.pool(), dim, nd.dev_offsets, nd.batch, nd.nnz, gy, wv, nd.mode,
+                                   static_cast<const std::int32_t*>(nullptr), static_cast<const std::int64_t*>(nullptr),
+                                   rows);
+        } else {
+            // Max: number the winning positions in position order, then fill their rows.
+            std::int64_t* slot = ctx.template host_scratch<std::int64_t>(nd.nnz);
+            kernels::bag_max_mark(B{}, ctx, dim, nd.dev_offsets, nd.batch, nd.nnz, nd.arg, slot);
+            std::int64_t k = 0;
+            for (std::int64_t i = 0; i < nd.nnz; ++i)
+                if (slot[i] == 0) slot[i] = ++k;  // 1-based while counting; shifted below
+            std::int64_t* won_ids = ctx.template host_scratch<std::int64_t>(k);
+            for (std::int64_t i = 0; i < nd.nnz; ++i)
+                if (slot[i] > 0) won_ids[--slot[i]] = nd.values[i];
+            if (k == 0) return;  // no element won: every bag is empty, nothing flows back
+            T* rows = t.grad.append(k, won_ids);
+            kernels::fill(B{}, k * dim, T(0), rows);
+            const std::int64_t* dev_slot =
+                kernels::upload_ids(B{}, ctx, std::span<const std::int64_t>(slot, static_cast<std::size_t>(nd.nnz)));
+            kernels::bag_grad_rows(B{}, ctx.pool(), dim, nd.dev_offsets, nd.batch, nd.nnz, gy, wv, nd.mode, nd.arg,
+                                   dev_slot, rows);
         }
-        // Max: number the winning positions in position order, then fill their rows.
-        std::int64_t* slot = ctx.template scratch<std::int64_t>(nd.nnz);
-        std::fill(slot, slot + nd.nnz, std::int64_t{-1});
-        for (std::int64_t b = 0; b < nd.batch; ++b) {
-            const std::int32_t* a = nd.arg + b * dim;
-            for (std::int64_t d = 0; d < dim; ++d)
-                if (a[d] >= 0) slot[nd.offsets[b] + a[d]] = 0;
-        }
-        std::int64_t k = 0;
-        for (std::int64_t i = 0; i < nd.nnz; ++i)
-            if (slot[i] == 0) slot[i] = ++k;  // 1-based while counting; shifted below
-        std::int64_t* won_ids = ctx.template scratch<std::int64_t>(k);
-        for (std::int64_t i = 0; i < nd.nnz; ++i)
-            if (slot[i] > 0) won_ids[--slot[i]] = nd.values[i];
-        if (k == 0) return;
-        T* rows = t.grad.append(k, won_ids);
-        kernels::fill(B{}, k * dim, T(0), rows);
-        parallel_for(ctx.pool(), nd.batch, min_bags, [&](std::int64_t b0, std::int64_t b1, int) {
-            for (std::int64_t b = b0; b < b1; ++b) {
-                const std::int32_t* a = nd.arg + b * dim;
-                const T* g = gy + b * dim;
-                const std::int64_t begin = nd.offsets[b];
-                for (std::int64_t d = 0; d < dim; ++d) {
-                    if (a[d] < 0) continue;
-                    const std::int64_t i = begin + a[d];
-                    rows[slot[i] * dim + d] = wv ? wv[i] * g[d] : g[d];
-                    if (gw) gw[i] += g[d] * tv[nd.values[i] * dim + d];
-                }
-            }
-        });
+        if (gw)
+            kernels::bag_grad_weights(B{}, ctx.pool(), static_cast<const T*>(t.values.data()), dim, nd.dev_values,
+                                      nd.dev_offsets, nd.batch, nd.nnz, gy, nd.mode, nd.arg, gw);
     }
 };
 
@@ -180,30 +272,26 @@ var<typename Ctx::value_type> embedding_bag_impl(Ctx& ctx,
     std::int32_t* arg = nullptr;
     if constexpr (Ctx::records)
         if (mode == pooling::max) arg = ctx.template scratch<std::int32_t>(batch * dim);
-    const T* tv = t.values.data();
-    const std::int64_t* vals = ids.values.data();
-    parallel_for(ctx.pool(), batch, policy<B>::bag_parallel_min, [&](std::int64_t b0, std::int64_t b1, int) {
-        for (std::int64_t b = b0; b < b1; ++b) {
-            const std::int64_t begin = ids.begin(b), n = ids.end(b) - begin;
-            const T* wb = w.data ? w.data + begin : nullptr;
-            T* out = y.data + b * dim;
-            // Ids of this thread's later bags are prefetched too: bags of a few ids would
-            // otherwise start every row cold.
-            const std::int64_t avail = ids.begin(b1) - begin;
-            switch (mode) {
-                case pooling::sum: kernels::bag_sum(B{}, tv, dim, vals + begin, wb, n, T(1), out, avail); break;
-                case pooling::mean:
-                    kernels::bag_sum(B{}, tv, dim, vals + begin, wb, n, n ? T(1) / static_cast<T>(n) : T(1), out, avail);
-                    break;
-                case pooling::max: kernels::bag_max(B{}, tv, dim, vals + begin, wb, n, out, arg ? arg + b * dim : nullptr, avail); break;
-            }
-        }
-    });
+    // A recording forward copies the ids to the tape first and reads those copies (the
+    // backward needs them after the caller's memory may be gone); the backend then puts them
+    // where its kernels read them (the cpu: in place; cuda: the context's device arena, kept
+    // until reset, so the backward reuses them).
+    std::span<const std::int64_t> vals = ids.values, offs = ids.offsets;
+    if constexpr (Ctx::records) {
+        vals = std::span<const std::int64_t>(keep_ids(ctx, vals), vals.size());
+        offs = std::span<const std::int64_t>(keep_ids(ctx, offs), offs.size());
+    }
+    const std::int64_t* dev_vals = kernels::upload_ids(B{}, ctx, vals);
+    const std::int64_t* dev_offs = kernels::upload_ids(B{}, ctx, offs);
+    kernels::bag_pool_fwd(B{}, ctx.pool(), static_cast<const T*>(t.values.data()), dim, dev_vals, dev_offs, batch,
+                          static_cast<const T*>(w.data), mode, y.data, arg);
     if constexpr (Ctx::records) {
         auto& nd = ctx.template record<bag_node<Ctx>>();
         nd.table = &t;
-        nd.values = keep_ids(ctx, ids.values);
-        nd.offsets = keep_ids(ctx, ids.offsets);
+        nd.values = vals.data();
+        nd.offsets = offs.data();
+        nd.dev_values = dev_vals;
+        nd.dev_offsets = dev_offs;
         nd.batch = batch;
         nd.nnz = nnz;
         nd.mode = mode;
