@@ -35,6 +35,7 @@
 #include "xrec/layers/bi_interaction.hpp"
 #include "xrec/layers/cross_net.hpp"
 #include "xrec/layers/dice.hpp"
+#include "xrec/layers/embedding_bag.hpp"
 #include "xrec/layers/fm.hpp"
 #include "xrec/layers/fwfm.hpp"
 #include "xrec/layers/gru.hpp"
@@ -442,6 +443,108 @@ void check_mha(std::int64_t b, std::int64_t t, std::int64_t d, std::int64_t head
                  });
 }
 
+// embedding_bag (ops::embedding_bag through the layer): the same table, ids, per-id weights
+// and output gradient on both backends; the output, the table's sparse gradient (its ids
+// in emission order must be equal, its rows within the tolerance) and the per-id weights'
+// gradient are compared, with the layer in double on the cpu as the reference. Weights:
+// none, a leaf that requires a gradient, or an input that requires none.
+void check_embedding_bag(const std::vector<std::int64_t>& lengths, std::int64_t rows, std::int64_t dim) {
+    using P = xrec::ops::pooling;
+    std::vector<std::int64_t> off{0};
+    for (auto l : lengths) off.push_back(off.back() + l);
+    const std::int64_t b = static_cast<std::int64_t>(lengths.size()), nnz = off.back();
+    const std::string sh = "B " + std::to_string(b) + " nnz " + std::to_string(nnz) + " table " + dims({rows, dim});
+    enum class wkind { none, grad, input };
+    for (const P mode : {P::sum, P::mean, P::max})
+        for (const wkind wk : {wkind::none, wkind::grad, wkind::input}) {
+            const std::string what = std::string("embedding_bag ") + xrec::ops::pooling_name(mode) +
+                                     (wk == wkind::none ? "" : wk == wkind::grad ? " + weights (grad)" : " + weights (no grad)") +
+                                     " " + sh;
+            try {
+                xrec::param_store<float, C> hs(seed);
+                xrec::param_store<float, cuda> ds(seed);
+                xrec::param_store<double, C> rs(seed);
+                layers::embedding_bag<float, C> hl(hs, "bag", rows, dim, mode);
+                layers::embedding_bag<float, cuda> dl(ds, "bag", rows, dim, mode);
+                layers::embedding_bag<double, C> rl(rs, "bag", rows, dim, mode);
+                randomise_and_copy(hs, ds);
+                auto& ht = hs.table(0);
+                auto& dt = ds.table(0);
+                auto& rt = rs.table(0);
+                std::copy(ht.values.data(), ht.values.data() + rows * dim, rt.values.data());
+
+                // Ids drawn uniformly from the (small) table: repeats within a bag happen, so
+                // max meets exact ties (first occurrence wins) and the sparse rows repeat ids.
+                const vec u = rnd(nnz, 0.f, 1.f);
+                std::vector<std::int64_t> ids(static_cast<std::size_t>(nnz));
+                for (std::int64_t i = 0; i < nnz; ++i) {
+                    const auto id = static_cast<std::int64_t>(u[static_cast<std::size_t>(i)] * static_cast<float>(rows));
+                    ids[static_cast<std::size_t>(i)] = id < rows ? id : rows - 1;
+                }
+                const xrec::jagged_ids jag{ids, off};
+                const vec w = rnd(nnz, -1.f, 1.f);
+                const dvec wd(w.begin(), w.end());
+                vec hgw(static_cast<std::size_t>(nnz), 0.f);
+                dvec rgw(static_cast<std::size_t>(nnz), 0.0);
+                const dbuf dw = dev(w);
+                dbuf dgw = dev(hgw);  // zeros
+
+                xrec::train_ctx<float, C> hc;
+                xrec::train_ctx<float, cuda> dc;
+                xrec::train_ctx<double, C> rc;
+                var<float> hw, dwv;
+                var<double> rw;
+                const shape ws{nnz};
+                if (wk == wkind::grad) {
+                    hw = hc.leaf({const_cast<float*>(w.data()), ws}, hgw.data());
+                    dwv = dc.leaf({const_cast<float*>(dw.data()), ws}, dgw.data());
+                    rw = rc.leaf({const_cast<double*>(wd.data()), ws}, rgw.data());
+                } else if (wk == wkind::input) {
+                    hw = hc.input({w.data(), ws});
+                    dwv = dc.input({static_cast<const float*>(dw.data()), ws});
+                    rw = rc.input({wd.data(), ws});
+                }
+                const var<float> hy = hl(hc, jag, hw);
+                const var<float> dy = dl(dc, jag, dwv);
+                const var<double> ry = rl(rc, jag, rw);
+                const vec gpu_y = host(dy.data, dy.numel()), cpu_y(hy.data, hy.data + hy.numel());
+                compare(what + " y " + hy.s.str(), gpu_y, cpu_y, dvec(ry.data, ry.data + ry.numel()));
+
+                const vec r = rnd(hy.numel());
+                std::copy(r.begin(), r.end(), hc.grad(hy));
+                std::copy(r.begin(), r.end(), rc.grad(ry));
+                xrec::device::upload(dc.grad(dy), r.data(), dy.numel());
+                hc.backward(hy, 0.f);
+                dc.backward(dy, 0.f);
+                rc.backward(ry, 0.0);
+                xrec::device::synchronize();
+
+                // The sparse gradient: the same ids in the same order, then the rows.
+                ++checks;
+                if (dt.grad.ids != ht.grad.ids) {
+                    ++failures;
+                    std::printf("FAIL %s table grad ids: gpu emitted %lld ids, cpu %lld, or in another order\n",
+                                what.c_str(), static_cast<long long>(dt.grad.count()),
+                                static_cast<long long>(ht.grad.count()));
+                } else {
+                    std::printf("ok   %s table grad ids: %lld rows, the same ids in the same order\n", what.c_str(),
+                                static_cast<long long>(ht.grad.count()));
+                    const std::int64_t n = ht.grad.count() * dim;
+                    // The double run's rows are a reference only where it emitted the same ids
+                    // (max: an argmax that float and double decide differently would not).
+                    const dvec ref_rows = rt.grad.ids == ht.grad.ids ? dvec(rt.grad.rows.data(), rt.grad.rows.data() + n)
+                                                                     : dvec{};
+                    compare(what + " table grad rows [" + dims({ht.grad.count(), dim}) + "]",
+                            host(dt.grad.rows.data(), n), vec(ht.grad.rows.data(), ht.grad.rows.data() + n), ref_rows);
+                }
+                if (wk == wkind::grad)
+                    compare(what + " dweights [" + std::to_string(nnz) + "]", host(dgw.data(), nnz), hgw, rgw);
+            } catch (const std::exception& e) {
+                fail(what + ": threw " + e.what());
+            }
+        }
+}
+
 void check_gru(std::vector<std::int64_t> lengths, std::int64_t in, std::int64_t hidden, std::int64_t nl) {
     std::vector<std::int64_t> off{0};
     std::int64_t tmax = 0;
@@ -496,6 +599,11 @@ int main(int argc, char** argv) {
         check_mha(4, 9, 12, 3);
         check_gru({3, 0, 5, 1}, 6, 5, 1);
         check_gru({2, 7, 7, 4, 1, 6}, 9, 8, 2);
+        // An empty bag; dims that take the vector (16: float4) and the scalar (7) forward;
+        // a long bag and 40 > 32 columns (lanes loop over more than one column each).
+        check_embedding_bag({3, 0, 5, 1}, 7, 16);
+        check_embedding_bag({2, 0, 9, 4, 1, 6, 0, 3}, 5, 7);
+        check_embedding_bag({40, 1, 0, 17, 2}, 11, 40);
         xrec::device::synchronize();
     } catch (const std::exception& e) {
         std::fprintf(stderr, "FAIL: unexpected exception: %s\n", e.what());
