@@ -272,26 +272,23 @@ var<typename Ctx::value_type> embedding_bag_impl(Ctx& ctx,
     std::int32_t* arg = nullptr;
     if constexpr (Ctx::records)
         if (mode == pooling::max) arg = ctx.template scratch<std::int32_t>(batch * dim);
-    // A recording forward copies the ids to the tape first and reads those copies (the
-    // backward needs them after the caller's memory may be gone); the backend then puts them
-    // where its kernels read them (the cpu: in place; cuda: the context's device arena, kept
-    // until reset, so the backward reuses them).
-    std::span<const std::int64_t> vals = ids.values, offs = ids.offsets;
-    if constexpr (Ctx::records) {
-        vals = std::span<const std::int64_t>(keep_ids(ctx, vals), vals.size());
-        offs = std::span<const std::int64_t>(keep_ids(ctx, offs), offs.size());
-    }
-    const std::int64_t* dev_vals = kernels::upload_ids(B{}, ctx, vals);
-    const std::int64_t* dev_offs = kernels::upload_ids(B{}, ctx, offs);
+    // The forward reads the caller's ids where the backend's memory is the host's, and a
+    // device copy (kept in the context's arena until reset) elsewhere. A recording forward
+    // also copies them to the tape afterwards: the backward needs them after the caller's
+    // memory may be gone (on the cpu it reads those copies; on cuda the device copies).
+    // Copying first and reading the copies made the cpu forward+backward ~20% slower
+    // (1M x 64 table, 32 ids per bag, batch 4096, 1 thread: 3.8 vs 3.1 ms).
+    const std::int64_t* dev_vals = kernels::upload_ids(B{}, ctx, ids.values);
+    const std::int64_t* dev_offs = kernels::upload_ids(B{}, ctx, ids.offsets);
     kernels::bag_pool_fwd(B{}, ctx.pool(), static_cast<const T*>(t.values.data()), dim, dev_vals, dev_offs, batch,
                           static_cast<const T*>(w.data), mode, y.data, arg);
     if constexpr (Ctx::records) {
         auto& nd = ctx.template record<bag_node<Ctx>>();
         nd.table = &t;
-        nd.values = vals.data();
-        nd.offsets = offs.data();
-        nd.dev_values = dev_vals;
-        nd.dev_offsets = dev_offs;
+        nd.values = keep_ids(ctx, ids.values);
+        nd.offsets = keep_ids(ctx, ids.offsets);
+        nd.dev_values = backend_memory<B>::host_accessible ? nd.values : dev_vals;
+        nd.dev_offsets = backend_memory<B>::host_accessible ? nd.offsets : dev_offs;
         nd.batch = batch;
         nd.nnz = nnz;
         nd.mode = mode;
