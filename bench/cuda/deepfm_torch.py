@@ -7,7 +7,8 @@ nn.Embedding per field for the second order and one of width 1 for the first ord
 gradients) and "one_table" (one embedding over the global id space with per-field offsets,
 as xrec's model holds it: 2 lookups instead of 52). The faster is the peer to beat. Prints JSON lines with the same names as xrec_cuda_deepfm:
 deepfm/train/b65536 (median step: forward, BCE, backward, both optimizer steps, loss.item()),
-deepfm/infer/b4096 and deepfm/infer/b1 (no_grad forward, synchronised; p99 for b1).
+deepfm/infer/b4096 and deepfm/infer/b1 (no_grad forward, synchronised; p99 for b1); then
+the one-table form again with torch.backends.cuda.matmul.allow_tf32 (names with _tf32).
 """
 import json
 import statistics
@@ -65,7 +66,8 @@ def timed(fn, reps, warm):
     return ts
 
 
-def run(form):
+def run(form, tf32=False):
+    torch.backends.cuda.matmul.allow_tf32 = tf32
     dev = torch.device("cuda")
     torch.manual_seed(0)
     m = DeepFM(form == "one_table").to(dev)
@@ -94,22 +96,24 @@ def run(form):
 
     ts = timed(step, 30, 5)
     med = statistics.median(ts)
-    print(json.dumps({"name": "deepfm/train/b65536", "form": form, "ms": med * 1e3, "samples_per_s": 65536 / med}),
+    sfx = "_tf32" if tf32 else ""
+    print(json.dumps({"name": f"deepfm/train{sfx}/b65536", "form": form, "ms": med * 1e3, "samples_per_s": 65536 / med}),
           flush=True)
     m.eval()
-    for b in (4096, 1):
+    for b in (4096,) if tf32 else (4096, 1):
         ids, x, _ = batch(b)
         with torch.no_grad():
             ts = timed(lambda: m(ids, x), 2000 if b == 1 else 200, 20)
         ts.sort()
         med = statistics.median(ts)
-        print(json.dumps({"name": f"deepfm/infer/b{b}", "form": form, "ms": med * 1e3, "samples_per_s": b / med,
+        print(json.dumps({"name": f"deepfm/infer{sfx}/b{b}", "form": form, "ms": med * 1e3, "samples_per_s": b / med,
                           "p99_us": ts[min(len(ts) - 1, int(0.99 * len(ts)))] * 1e6}), flush=True)
 
 
 def main():
     for form in ("fields", "one_table"):
         run(form)
+    run("one_table", tf32=True)  # TF32 tensor-core matmuls (allow_tf32), beside xrec's set_gemm_tf32
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 // Kernel parity, cpu vs cuda: every kernel the layers use that has a CUDA overload in
-// cuda/xrec/cuda/{reduce,interaction,sequence}.cuh runs on fresh random inputs at two or
+// cuda/xrec/cuda/{reduce,interaction,sequence}.cuh, and the training path's column sums,
+// id range check, sparse merge and row-wise Adagrad, runs on fresh random inputs at two or
 // three shapes (odd sizes included): the cpu kernel on host memory, the CUDA kernel on
 // device memory, compared elementwise with |gpu - cpu| <= 1e-5 |cpu| + 1e-6 (float32).
 // One line per check: "ok  " or "FAIL", the kernel and shape, the max violation ratio
@@ -33,6 +34,7 @@
 #include "xrec/layers/gru.hpp"
 #include "xrec/layers/prelu.hpp"
 #include "xrec/ops/attention.hpp"
+#include "xrec/optim/rowwise_adagrad.hpp"
 
 #include "parity_common.hpp"
 
@@ -598,6 +600,123 @@ void check_segments(std::int64_t len, std::int64_t D) {
     compare("segment_weighted_sum_bwd gw " + s, host(dgw), gw, gwd);
 }
 
+// ---- training path: column sums, id range, the sparse merge and row-wise Adagrad ----------
+
+void check_col_sums(std::int64_t rows, std::int64_t cols) {
+    const std::string s = shape_str({rows, cols});
+    const vec x = rnd(rows * cols), acc0 = rnd(cols);
+    vec acc = acc0;
+    kernels::col_sums_acc(C{}, rows, cols, x.data(), acc.data());
+    dvec accd = D(acc0);
+    const dvec xd = D(x);
+    kernels::col_sums_acc(C{}, rows, cols, xd.data(), accd.data());
+    const auto dx = dev(x);
+    auto dacc = dev(acc0);
+    kernels::col_sums_acc(cuda{}, rows, cols, dx.data(), dacc.data());
+    compare("col_sums_acc " + s, host(dacc), acc, accd);
+}
+
+void check_id_range(std::int64_t n, std::int64_t rows) {
+    ivec ids = rnd_ids(n, rows);
+    const auto good = dev(ids);
+    ++checks;
+    std::int64_t got = kernels::first_id_outside(cuda{}, n, good.data(), rows);
+    if (got != -1) {
+        ++failures;
+        std::printf("FAIL first_id_outside [%lld] all inside: got %lld\n", static_cast<long long>(n),
+                    static_cast<long long>(got));
+    }
+    if (n < 3) return;
+    ids[static_cast<std::size_t>(n - 1)] = -1;
+    ids[static_cast<std::size_t>(n / 2)] = rows;
+    const auto bad = dev(ids);
+    ++checks;
+    got = kernels::first_id_outside(cuda{}, n, bad.data(), rows);
+    const std::int64_t want = kernels::first_id_outside(C{}, n, ids.data(), rows);
+    if (got != want || want != n / 2) {
+        ++failures;
+        std::printf("FAIL first_id_outside [%lld]: gpu %lld, cpu %lld, planted %lld\n", static_cast<long long>(n),
+                    static_cast<long long>(got), static_cast<long long>(want), static_cast<long long>(n / 2));
+    } else {
+        std::printf("ok   first_id_outside [%lld]: position %lld on both\n", static_cast<long long>(n),
+                    static_cast<long long>(got));
+    }
+}
+
+// One optimizer step on a table whose sparse gradient has n rows over `rows` ids, a share of
+// them on one hot id (long runs: the pieced path); both stores start from the same values.
+void check_rowwise_adagrad(std::int64_t rows, std::int64_t dim, std::int64_t n, bool decoupled) {
+    const std::string s = shape_str({rows, dim}) + " n " + std::to_string(n) + (decoupled ? " decoupled" : " l2");
+    xrec::param_store<float, C> hs(1);
+    xrec::param_store<float, cuda> ds(1);
+    hs.add_table("t", rows, dim, xrec::init::normal(0, 0.1));
+    ds.add_table("t", rows, dim, xrec::init::normal(0, 0.1));
+    auto& ht = hs.table(0);
+    auto& dt = ds.table(0);
+    const vec w0 = rnd(rows * dim);
+    std::copy(w0.begin(), w0.end(), ht.values.data());
+    xrec::device::upload(dt.values.data(), w0.data(), rows * dim);
+    ivec ids = rnd_ids(n, rows);
+    for (std::int64_t i = 0; i < n; i += 3) ids[static_cast<std::size_t>(i)] = rows / 2;  // hot id
+    const vec g = rnd(n * dim);
+    std::copy(g.begin(), g.end(), ht.grad.append(n, ids.data()));
+    const auto dids = dev(ids);
+    xrec::device::upload(dt.grad.append(n, dids.data()), g.data(), n * dim);
+    const xrec::optim::rowwise_adagrad_options o{.lr = 0.3, .eps = 1e-8, .weight_decay = 0.05, .decoupled = decoupled,
+                                                 .initial_accumulator_value = 0.1};
+    xrec::optim::rowwise_adagrad<float, C> ho(hs, o);
+    xrec::optim::rowwise_adagrad<float, cuda> dop(ds, o);
+    for (int step = 0; step < 2; ++step) {
+        if (step == 1) {  // a second step: the accumulators carry over
+            std::copy(g.begin(), g.end(), ht.grad.append(n, ids.data()));
+            xrec::device::upload(dt.grad.append(n, dids.data()), g.data(), n * dim);
+        }
+        ho.step();
+        dop.step();
+    }
+    xrec::device::synchronize();
+    compare("rowwise_adagrad table " + s, xrec::device::to_host(dt.values.data(), rows * dim),
+            vec(ht.values.data(), ht.values.data() + rows * dim));
+    const auto hstate = ho.state(), dstate = dop.state();
+    compare("rowwise_adagrad accumulators " + s, xrec::device::to_host(dstate[1].data, rows),
+            vec(hstate[1].data, hstate[1].data + rows));
+    ++checks;
+    if (dt.grad.count() != 0) {
+        ++failures;
+        std::printf("FAIL rowwise_adagrad %s: the gradient was not cleared\n", s.c_str());
+    }
+}
+
+// optim::coalesce on both backends: the same unique ids in the same order, the same sums.
+void check_coalesce(std::int64_t rows, std::int64_t dim, std::int64_t n) {
+    const std::string s = shape_str({rows, dim}) + " n " + std::to_string(n);
+    xrec::param_store<float, C> hs(1);
+    xrec::param_store<float, cuda> ds(1);
+    hs.add_table("t", rows, dim, xrec::init::zeros());
+    ds.add_table("t", rows, dim, xrec::init::zeros());
+    auto& ht = hs.table(0);
+    auto& dt = ds.table(0);
+    const ivec ids = rnd_ids(n, rows);
+    const vec g = rnd(n * dim);
+    std::copy(g.begin(), g.end(), ht.grad.append(n, ids.data()));
+    const auto dids = dev(ids);
+    xrec::device::upload(dt.grad.append(n, dids.data()), g.data(), n * dim);
+    xrec::optim::coalesce_scratch<float, C> hsc;
+    xrec::optim::coalesce_scratch<float, cuda> dsc;
+    xrec::optim::coalesce(ht, hsc);
+    xrec::optim::coalesce(dt, dsc);
+    ++checks;
+    const ivec got = xrec::device::to_host(dt.grad.ids.data(), dt.grad.count());
+    if (got != ht.grad.ids) {
+        ++failures;
+        std::printf("FAIL coalesce ids %s: gpu %lld unique ids, cpu %lld, or another order\n", s.c_str(),
+                    static_cast<long long>(got.size()), static_cast<long long>(ht.grad.count()));
+        return;
+    }
+    const std::int64_t m = ht.grad.count() * dim;
+    compare("coalesce rows " + s, xrec::device::to_host(dt.grad.rows.data(), m), vec(ht.grad.rows.data(), ht.grad.rows.data() + m));
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -650,6 +769,20 @@ int main(int argc, char** argv) {
         check_segments(0, 5);
         check_segments(1, 7);
         check_segments(37, 33);
+        check_col_sums(1, 1);
+        check_col_sums(37, 5);
+        check_col_sums(3001, 37);
+        check_col_sums(70001, 3);
+        check_id_range(1, 5);
+        check_id_range(1001, 77);
+        check_coalesce(50, 3, 200);
+        check_coalesce(1000, 16, 5000);
+        for (const bool dec : {false, true}) {
+            check_rowwise_adagrad(20, 4, 7, dec);
+            check_rowwise_adagrad(1000, 16, 3000, dec);
+            check_rowwise_adagrad(5000, 33, 2000, dec);
+            check_rowwise_adagrad(300, 64, 4000, dec);
+        }
         xrec::device::synchronize();
     } catch (const std::exception& e) {
         std::fprintf(stderr, "FAIL: unexpected exception: %s\n", e.what());

@@ -5,6 +5,7 @@
 //
 // This translation unit includes core/ and cuda/ headers only: the #error below fails the
 // build if any of them starts pulling in Eigen or xsimd.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -160,14 +161,29 @@ void check_elementwise() {
                      std::string("activation_bwd ") + xrec::activation_name(act));
     }
 
-    const std::int64_t rows = 33, cols = 70;
+    const std::int64_t rows = 2500, cols = 70;  // three chunks of the column sums
     const auto x = random_vector(rows * cols, 6), bias = random_vector(cols, 7);
     auto acc_h = random_vector(cols, 8);
     auto dx = to_device(x), dbias = to_device(bias), dacc = to_device(acc_h);
     kernels::col_sums_acc(cuda{}, rows, cols, dx.data(), dacc.data());
-    for (std::int64_t r = 0; r < rows; ++r)
-        for (std::int64_t j = 0; j < cols; ++j) acc_h[static_cast<std::size_t>(j)] += x[static_cast<std::size_t>(r * cols + j)];
-    expect_close(xrec::device::to_host(dacc.data(), cols), acc_h, 0, "col_sums_acc (rows summed in order)");
+    // The documented fixed order: chunks of 1,024 rows; in a chunk 8 lanes, lane l summing rows
+    // l, l + 8, ...; the lanes added in lane order; the chunks added to acc in chunk order (one
+    // chunk: straight into acc).
+    const std::int64_t R = 1024, chunks = (rows + R - 1) / R;
+    for (std::int64_t j = 0; j < cols; ++j) {
+        std::vector<float> part(static_cast<std::size_t>(chunks));
+        for (std::int64_t c = 0; c < chunks; ++c) {
+            float lanes[8] = {};
+            for (std::int64_t r = c * R; r < std::min(rows, c * R + R); ++r)
+                lanes[(r - c * R) % 8] += x[static_cast<std::size_t>(r * cols + j)];
+            float t = lanes[0];
+            for (int l = 1; l < 8; ++l) t += lanes[l];
+            part[static_cast<std::size_t>(c)] = t;
+        }
+        float& a = acc_h[static_cast<std::size_t>(j)];
+        for (std::int64_t c = 0; c < chunks; ++c) a += part[static_cast<std::size_t>(c)];
+    }
+    expect_close(xrec::device::to_host(dacc.data(), cols), acc_h, 0, "col_sums_acc (the fixed chunk and lane order)");
     kernels::add_row_bias(cuda{}, rows, cols, dbias.data(), dx.data());
     auto xb = x;
     for (std::int64_t r = 0; r < rows; ++r)

@@ -28,6 +28,7 @@
 #include <cstdint>
 #include <string>
 #include <type_traits>
+#include <vector>
 
 #include <cub/device/device_radix_sort.cuh>
 #include <cub/device/device_run_length_encode.cuh>
@@ -38,6 +39,7 @@
 #include "xrec/core/error.hpp"
 #include "xrec/core/features.hpp"
 #include "xrec/core/parallel.hpp"
+#include "xrec/core/param_store.hpp"
 #include "xrec/cuda/check.cuh"
 #include "xrec/cuda/kernels.cuh"
 #include "xrec/cuda/memory.cuh"
@@ -433,7 +435,8 @@ __device__ inline void sum_piece(T (&g)[Tiles][V], int t, std::int64_t dim, std:
 // the group with a fixed butterfly, so the result depends on the data alone.
 template <class T, int V, int G, int Tiles>
 __device__ inline void adagrad_row(T (&g)[Tiles][V], T (&wv)[Tiles][V], T acc_old, int t, unsigned lane_mask,
-                                   T* __restrict__ wrow, T* __restrict__ acc_row, std::int64_t dim, T lr, T eps, T l2) {
+                                   T* __restrict__ wrow, T* __restrict__ acc_row, std::int64_t dim, T lr, T eps, T l2,
+                                   T shrink) {
     T sq = 0;
 #pragma unroll
     for (int k = 0; k < Tiles; ++k) {
@@ -455,7 +458,7 @@ __device__ inline void adagrad_row(T (&g)[Tiles][V], T (&wv)[Tiles][V], T acc_ol
         const std::int64_t c = static_cast<std::int64_t>(k) * G * V + static_cast<std::int64_t>(t) * V;
         if (c >= dim) break;
 #pragma unroll
-        for (int v = 0; v < V; ++v) wv[k][v] -= m * g[k][v];
+        for (int v = 0; v < V; ++v) wv[k][v] = shrink * wv[k][v] - m * g[k][v];
         vstore<T, V>(wrow + c, wv[k]);
     }
 }
@@ -527,7 +530,7 @@ __global__ void __launch_bounds__(P::block_threads, P::update_min_blocks)
                       const std::int32_t* __restrict__ piece_run, T* __restrict__ partial, bool by_bag,
                       const std::int32_t* __restrict__ sorted, const std::int32_t* __restrict__ pos_bag,
                       const std::int64_t* __restrict__ offsets, const T* __restrict__ gy, const T* __restrict__ w,
-                      int mode, const std::int32_t* __restrict__ arg, T lr, T eps, T l2) {
+                      int mode, const std::int32_t* __restrict__ arg, T lr, T eps, T l2, T shrink) {
     const int t = static_cast<int>(threadIdx.x % G);
     const std::int64_t groups = static_cast<std::int64_t>(gridDim.x) * (blockDim.x / G);
     const std::int32_t runs = *num_runs;
@@ -545,7 +548,7 @@ __global__ void __launch_bounds__(P::block_threads, P::update_min_blocks)
             const std::int32_t p_beg = starts[q];
             sum_piece<T, V, G, Tiles, P::update_unroll>(g, t, dim, p_beg, p_beg + counts[q], by_bag, sorted, pos_bag, offsets, gy, w,
                                       mode, arg);
-            adagrad_row<T, V, G, Tiles>(g, wv, acc_old, t, mask, table + row * dim, accum + row, dim, lr, eps, l2);
+            adagrad_row<T, V, G, Tiles>(g, wv, acc_old, t, mask, table + row * dim, accum + row, dim, lr, eps, l2, shrink);
         } else {
             const std::int32_t piece = static_cast<std::int32_t>(q - runs);
             const std::int32_t r = piece_run[piece];
@@ -573,7 +576,7 @@ __global__ void __launch_bounds__(P::block_threads)
     bag_long_kernel(T* __restrict__ table, T* __restrict__ accum, std::int64_t dim, std::int32_t n,
                     const std::uint32_t* __restrict__ uniq, const std::uint64_t* __restrict__ info,
                     const std::uint64_t* __restrict__ scan, const std::int32_t* __restrict__ long_runs,
-                    const T* __restrict__ partial, T lr, T eps, T l2) {
+                    const T* __restrict__ partial, T lr, T eps, T l2, T shrink) {
     constexpr int groups = P::block_threads / G;
     __shared__ T red[groups][Tiles * G * V];
     const int t = static_cast<int>(threadIdx.x % G), j = static_cast<int>(threadIdx.x / G);
@@ -632,7 +635,7 @@ __global__ void __launch_bounds__(P::block_threads)
             T wv[Tiles][V];
             load_row<T, V, Tiles>(wv, t, G, table + row * dim, dim);
             adagrad_row<T, V, G, Tiles>(g, wv, accum[row], t, group_mask<G>(), table + row * dim, accum + row, dim, lr,
-                                        eps, l2);
+                                        eps, l2, shrink);
         }
         __syncthreads();
     }
@@ -711,7 +714,7 @@ std::size_t carve(char* base, std::int64_t nnz, std::int64_t rows, std::int64_t 
 template <class P, class T, int V, int G, int Tiles>
 void launch_bag_step(cudaStream_t s, int sms, T* table, T* accum, std::int64_t dim, const bag_step_scratch& sc,
                      bool by_bag, const std::int64_t* offsets, const T* gy, const T* w, int mode,
-                     const std::int32_t* arg, T lr, T eps, T l2, std::int64_t nnz) {
+                     const std::int32_t* arg, T lr, T eps, T l2, T shrink, std::int64_t nnz) {
     constexpr int threads = P::block_threads;
     constexpr int L = P::piece;
     const int n = static_cast<int>(nnz);
@@ -722,10 +725,11 @@ void launch_bag_step(cudaStream_t s, int sms, T* table, T* accum, std::int64_t d
     bag_pieces_kernel<P, T, V, G, Tiles><<<static_cast<unsigned>(blocks), threads, 0, s>>>(
         table, accum, dim, L, n, sc.uniq, sc.num_runs, sc.counts, sc.starts, sc.info, sc.scan, sc.piece_run,
         static_cast<T*>(sc.partial),
-        by_bag, sc.vals_out, sc.pos_bag, offsets, gy, w, mode, arg, lr, eps, l2);
+        by_bag, sc.vals_out, sc.pos_bag, offsets, gy, w, mode, arg, lr, eps, l2, shrink);
     XREC_CUDA_CHECK(cudaGetLastError());
     bag_long_kernel<P, T, V, G, Tiles><<<static_cast<unsigned>(sms) * 4, threads, 0, s>>>(
-        table, accum, dim, n, sc.uniq, sc.info, sc.scan, sc.long_runs, static_cast<const T*>(sc.partial), lr, eps, l2);
+        table, accum, dim, n, sc.uniq, sc.info, sc.scan, sc.long_runs, static_cast<const T*>(sc.partial), lr, eps, l2,
+        shrink);
     XREC_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -735,10 +739,10 @@ void launch_bag_step(cudaStream_t s, int sms, T* table, T* accum, std::int64_t d
 template <class P, class T, int V>
 void dispatch_bag_step(cudaStream_t s, int sms, T* table, T* accum, std::int64_t dim, const bag_step_scratch& sc,
                        bool by_bag, const std::int64_t* offsets, const T* gy, const T* w, int mode,
-                       const std::int32_t* arg, T lr, T eps, T l2, std::int64_t nnz) {
+                       const std::int32_t* arg, T lr, T eps, T l2, T shrink, std::int64_t nnz) {
     const std::int64_t lanes = (dim + V - 1) / V;
 #define XREC_BAG_STEP(G_, TILES_) \
-    return launch_bag_step<P, T, V, G_, TILES_>(s, sms, table, accum, dim, sc, by_bag, offsets, gy, w, mode, arg, lr, eps, l2, nnz)
+    return launch_bag_step<P, T, V, G_, TILES_>(s, sms, table, accum, dim, sc, by_bag, offsets, gy, w, mode, arg, lr, eps, l2, shrink, nnz)
     if (lanes <= 1) XREC_BAG_STEP(1, 1);
     if (lanes <= 2) XREC_BAG_STEP(2, 1);
     if (lanes <= 4) XREC_BAG_STEP(4, 1);
@@ -748,6 +752,49 @@ void dispatch_bag_step(cudaStream_t s, int sms, T* table, T* accum, std::int64_t
     if (lanes <= 64) XREC_BAG_STEP(16, 4);
     XREC_BAG_STEP(32, P::update_tiles);
 #undef XREC_BAG_STEP
+}
+
+// The number of multiprocessors of the current device (asked once per thread and device).
+inline int sm_count() {
+    thread_local int dev_cached = -1, sms = 0;
+    int dev = 0;
+    XREC_CUDA_CHECK(cudaGetDevice(&dev));
+    if (dev != dev_cached) {
+        XREC_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+        dev_cached = dev;
+    }
+    return sms;
+}
+
+// keys[i] = ids[i] as 32-bit, vals[i] = i: every gradient row its own bag.
+__global__ inline void row_positions_kernel(const std::int64_t* __restrict__ ids, std::int64_t n,
+                                            std::uint32_t* __restrict__ keys, std::int32_t* __restrict__ vals) {
+    for (std::int64_t i = first_index(); i < n; i += grid_stride()) {
+        keys[i] = static_cast<std::uint32_t>(ids[i]);
+        vals[i] = static_cast<std::int32_t>(i);
+    }
+}
+
+// After keys_in / vals_in are filled: the stable sort by id (significant bits only), the
+// run-length encoding, the per-run piece counts and both scans, and the long-run maps. All
+// on the device; the number of runs stays there.
+template <class P>
+void sort_runs(cudaStream_t s, const bag_step_scratch& sc, std::int64_t nnz, std::int64_t rows) {
+    const int n = static_cast<int>(nnz);
+    std::size_t b = sc.cub_bytes;
+    XREC_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(sc.cub_tmp, b, sc.keys_in, sc.keys_out, sc.vals_in, sc.vals_out,
+                                                    n, 0, significant_bits(rows), s));
+    b = sc.cub_bytes;
+    XREC_CUDA_CHECK(cub::DeviceRunLengthEncode::Encode(sc.cub_tmp, b, sc.keys_out, sc.uniq, sc.counts, sc.num_runs,
+                                                       n, s));
+    run_info_kernel<<<blocks_for(nnz), threads, 0, s>>>(n, sc.num_runs, sc.counts, P::piece, sc.info);
+    XREC_CUDA_CHECK(cudaGetLastError());
+    b = sc.cub_bytes;
+    XREC_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(sc.cub_tmp, b, sc.counts, sc.starts, n, s));
+    b = sc.cub_bytes;
+    XREC_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(sc.cub_tmp, b, sc.info, sc.scan, n, s));
+    long_map_kernel<<<blocks_for(nnz), threads, 0, s>>>(sc.num_runs, sc.info, sc.scan, sc.piece_run, sc.long_runs);
+    XREC_CUDA_CHECK(cudaGetLastError());
 }
 
 }  // namespace cuda_detail
@@ -794,41 +841,65 @@ void embedding_bag_adagrad(cuda tag, T* table, T* accum, std::int64_t rows, std:
     cuda_detail::bag_step_scratch sc{};
     const std::size_t bytes = cuda_detail::carve<P, T>(nullptr, nnz, rows, dim, sc);
     cuda_detail::carve<P, T>(static_cast<char*>(ws.get(bytes)), nnz, rows, dim, sc);
-    const int n = static_cast<int>(nnz);
-    using cuda_detail::blocks_for;
-    using cuda_detail::threads;
-
     // Sort by id the bags (when the bag is all the update needs) or the positions.
     const bool by_bag = w == nullptr && mode != pooling::max;
-    cuda_detail::bag_positions_kernel<<<blocks_for(batch * 32), threads, 0, s>>>(ids, offsets, batch, by_bag,
-                                                                                 sc.pos_bag, sc.keys_in, sc.vals_in);
+    cuda_detail::bag_positions_kernel<<<cuda_detail::blocks_for(batch * 32), cuda_detail::threads, 0, s>>>(
+        ids, offsets, batch, by_bag, sc.pos_bag, sc.keys_in, sc.vals_in);
     XREC_CUDA_CHECK(cudaGetLastError());
-    std::size_t b = sc.cub_bytes;
-    XREC_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(sc.cub_tmp, b, sc.keys_in, sc.keys_out, sc.vals_in, sc.vals_out,
-                                                    n, 0, cuda_detail::significant_bits(rows), s));
-    b = sc.cub_bytes;
-    XREC_CUDA_CHECK(cub::DeviceRunLengthEncode::Encode(sc.cub_tmp, b, sc.keys_out, sc.uniq, sc.counts, sc.num_runs,
-                                                       n, s));
-    cuda_detail::run_info_kernel<<<blocks_for(nnz), threads, 0, s>>>(n, sc.num_runs, sc.counts,
-                                                                     P::piece, sc.info);
-    XREC_CUDA_CHECK(cudaGetLastError());
-    b = sc.cub_bytes;
-    XREC_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(sc.cub_tmp, b, sc.counts, sc.starts, n, s));
-    b = sc.cub_bytes;
-    XREC_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(sc.cub_tmp, b, sc.info, sc.scan, n, s));
-    cuda_detail::long_map_kernel<<<blocks_for(nnz), threads, 0, s>>>(sc.num_runs, sc.info, sc.scan, sc.piece_run,
-                                                                     sc.long_runs);
-    XREC_CUDA_CHECK(cudaGetLastError());
-
-    int dev = 0, sms = 0;
-    XREC_CUDA_CHECK(cudaGetDevice(&dev));
-    XREC_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+    cuda_detail::sort_runs<P>(s, sc, nnz, rows);
     const int m = mode == pooling::sum ? 0 : mode == pooling::mean ? 1 : 2;
     const T lr = static_cast<T>(opt.lr), eps = static_cast<T>(opt.eps), l2 = static_cast<T>(opt.weight_decay);
+    const int sms = cuda_detail::sm_count();
     if (vec)
-        cuda_detail::dispatch_bag_step<P, T, V16>(s, sms, table, accum, dim, sc, by_bag, offsets, gy, w, m, arg, lr, eps, l2, nnz);
+        cuda_detail::dispatch_bag_step<P, T, V16>(s, sms, table, accum, dim, sc, by_bag, offsets, gy, w, m, arg, lr,
+                                                  eps, l2, T(1), nnz);
     else
-        cuda_detail::dispatch_bag_step<P, T, 1>(s, sms, table, accum, dim, sc, by_bag, offsets, gy, w, m, arg, lr, eps, l2, nnz);
+        cuda_detail::dispatch_bag_step<P, T, 1>(s, sms, table, accum, dim, sc, by_bag, offsets, gy, w, m, arg, lr, eps,
+                                                l2, T(1), nnz);
+}
+
+/// Scratch bytes sparse_rows_adagrad needs for n gradient rows (first phase of the call).
+template <class T, class P = embedding_bag_cuda_policy>
+std::size_t sparse_rows_adagrad_workspace_bytes(std::int64_t n, std::int64_t rows, std::int64_t dim) {
+    return embedding_bag_adagrad_workspace_bytes<T, P>(n, rows, dim);
+}
+
+/// Row-wise Adagrad over a table's sparse gradient as the tape leaves it: n (id, row) pairs
+/// in emission order, ids and rows in device memory, duplicates not merged. The rows of one
+/// id are summed in emission order (the stable sort keeps it), then updated as
+/// optim::rowwise_adagrad does: g += l2 w; a += mean_d g_d^2; w = shrink w - lr / (sqrt(a) +
+/// eps) g. The machinery of embedding_bag_adagrad with every row its own bag: sorted,
+/// run-length encoded and updated on the device, deterministically, with no atomics and
+/// nothing read back, so a training step never waits here. ws: at least
+/// sparse_rows_adagrad_workspace_bytes(n, rows, dim) bytes, 256-aligned. Ids must lie in
+/// [0, rows) (the ops that append them check); n below 2^30 and rows up to 2^32.
+template <class T, class P = embedding_bag_cuda_policy>
+void sparse_rows_adagrad(cuda tag, T* table, T* accum, std::int64_t rows, std::int64_t dim, const std::int64_t* ids,
+                         std::int64_t n, const T* grad_rows, T lr, T eps, T l2, T shrink, void* ws) {
+    static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "sparse_rows_adagrad(cuda): float or double");
+    if (n <= 0 || dim <= 0) return;
+    XREC_CHECK(n < 2147483647 / 2 && rows <= 4294967295LL, "sparse_rows_adagrad(cuda): ", n, " gradient rows over ",
+               rows, " table rows exceed the 32-bit sort keys and positions");
+    constexpr int V16 = static_cast<int>(16 / sizeof(T));
+    const bool vec = reinterpret_cast<std::uintptr_t>(table) % 16 == 0 &&
+                     reinterpret_cast<std::uintptr_t>(grad_rows) % 16 == 0 && dim % V16 == 0;
+    const std::int64_t widest = std::int64_t{P::update_tiles} * 32 * (vec ? V16 : 1);
+    XREC_CHECK(dim <= widest, "sparse_rows_adagrad(cuda): dim ", dim, " above ", widest,
+               " (the fused update keeps a row in registers)");
+    const cudaStream_t s = device::stream_of(tag);
+    cuda_detail::bag_step_scratch sc{};
+    cuda_detail::carve<P, T>(static_cast<char*>(ws), n, rows, dim, sc);
+    cuda_detail::row_positions_kernel<<<cuda_detail::blocks_for(n), cuda_detail::threads, 0, s>>>(ids, n, sc.keys_in,
+                                                                                                 sc.vals_in);
+    XREC_CUDA_CHECK(cudaGetLastError());
+    cuda_detail::sort_runs<P>(s, sc, n, rows);
+    const int sms = cuda_detail::sm_count();
+    if (vec)
+        cuda_detail::dispatch_bag_step<P, T, V16>(s, sms, table, accum, dim, sc, true, nullptr, grad_rows, nullptr, 0,
+                                                  nullptr, lr, eps, l2, shrink, n);
+    else
+        cuda_detail::dispatch_bag_step<P, T, 1>(s, sms, table, accum, dim, sc, true, nullptr, grad_rows, nullptr, 0,
+                                                nullptr, lr, eps, l2, shrink, n);
 }
 
 }  // namespace kernels
@@ -998,6 +1069,37 @@ void bag_grad_weights(cuda tag, thread_pool* /*pool*/, const T* table, std::int6
         <<<cuda_detail::warp_blocks_for(nnz), cuda_detail::threads, 0, device::stream_of(tag)>>>(
             table, dim, ids, offsets, batch, nnz, gy, mode, arg, gw);
     cuda_detail::check_launch();
+}
+
+}  // namespace xrec::kernels
+
+namespace xrec::optim {
+// Defined in optim/common.hpp (which needs xsimd); the overload below only names it.
+template <class T, class B>
+struct coalesce_scratch;
+}  // namespace xrec::optim
+
+namespace xrec::kernels {
+
+/// optim::rowwise_adagrad's step on the device: per table, sparse_rows_adagrad over its
+/// sparse gradient as the tape left it (merged in emission order while it updates), then the
+/// gradient is cleared. Nothing waits for the device. Scratch in scratch.work. `pool` unused.
+template <class T>
+void rowwise_adagrad_update(cuda tag, param_store<T, cuda>& store, optim::coalesce_scratch<T, cuda>& scratch,
+                            thread_pool* /*pool*/, std::vector<buffer<T, cuda>>& sums, T lr, T eps, T l2, T shrink) {
+    for (std::int64_t ti = 0; ti < store.table_count(); ++ti) {
+        auto& t = store.table(ti);
+        const std::int64_t n = t.grad.count();
+        if (n > 0) {
+            const std::size_t bytes = sparse_rows_adagrad_workspace_bytes<T>(n, t.rows, t.dim);
+            const auto need = static_cast<std::int64_t>((bytes + 7) / 8);
+            if (scratch.work.size() < need)
+                scratch.work = buffer<std::int64_t, cuda>(need + need / 4);  // fresh: nothing to keep
+            sparse_rows_adagrad(tag, t.values.data(), sums[static_cast<std::size_t>(ti)].data(), t.rows, t.dim,
+                                t.grad.ids.data(), n, t.grad.rows.data(), lr, eps, l2, shrink, scratch.work.data());
+        }
+        t.grad.clear();
+    }
 }
 
 }  // namespace xrec::kernels

@@ -10,6 +10,7 @@
 // over rows run one thread per column walking the rows in order (the cpu kernels' order).
 // Float sums accumulate in double (see reduce.cuh).
 #include <cstdint>
+#include <type_traits>
 
 #include <cuda_runtime.h>
 
@@ -30,16 +31,28 @@ __device__ inline double dev_fma(double a, double b, double c) { return ::fma(a,
 
 // ---- FM ------------------------------------------------------------------------------------
 
-template <class T>
-__global__ void __launch_bounds__(row_threads)
+// The lanes of the G-thread group (G a power of two up to 32) the calling thread is in.
+template <int G>
+__device__ inline unsigned lane_group_mask() {
+    return G == 32 ? 0xffffffffu : (((1u << G) - 1u) << ((threadIdx.x % 32) / G * G));
+}
+
+// G threads per row (G covers dim up to 32; a block of 256 threads holds 256 / G rows).
+// Thread t takes columns d = t, t + G, ... and walks the fields in order (acc += x * s,
+// s += x: the cpu kernel's pairwise sum); the group's partial sums meet in a fixed
+// butterfly. A block per row left 240 of 256 threads idle at dim 16.
+template <class T, int G>
+__global__ void __launch_bounds__(256)
     fm_fwd_kernel(std::int64_t rows, std::int64_t fields, std::int64_t dim, const T* v, const T* first,
                   std::int64_t first_cols, T* y) {
     using A = acc_t<T>;
-    __shared__ A sh[row_threads];
-    for (std::int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    const int t = static_cast<int>(threadIdx.x % G);
+    const std::int64_t per_block = 256 / G, groups = static_cast<std::int64_t>(gridDim.x) * per_block;
+    const unsigned mask = lane_group_mask<G>();
+    for (std::int64_t r = blockIdx.x * per_block + threadIdx.x / G; r < rows; r += groups) {
         const T* vr = v + r * fields * dim;
         A acc = 0;
-        for (std::int64_t d = threadIdx.x; d < dim; d += blockDim.x) {
+        for (std::int64_t d = t; d < dim; d += G) {
             A s = 0;
             for (std::int64_t f = 0; f < fields; ++f) {
                 const A x = vr[f * dim + d];
@@ -47,9 +60,10 @@ __global__ void __launch_bounds__(row_threads)
                 s += x;
             }
         }
-        const A tot = block_sum(acc, sh);
-        if (threadIdx.x == 0) {
-            T out = static_cast<T>(tot);
+#pragma unroll
+        for (int o = G / 2; o > 0; o /= 2) acc += __shfl_xor_sync(mask, acc, o, G);
+        if (t == 0) {
+            T out = static_cast<T>(acc);
             if (first)
                 for (std::int64_t c = 0; c < first_cols; ++c)
                     out += first[r * first_cols + c];
@@ -58,7 +72,8 @@ __global__ void __launch_bounds__(row_threads)
     }
 }
 
-// One thread per (row, d): exclusive prefix then suffix sums over the fields.
+// One thread per (row, d): the column's total S over the fields, then
+// gv[f] += gy (S - v[f]) = gy sum_{g != f} v[g] (one read-modify-write of gv).
 template <class T>
 __global__ void fm_bwd_v_kernel(std::int64_t rows, std::int64_t fields, std::int64_t dim, const T* v, const T* gy,
                                 T* gv) {
@@ -68,15 +83,9 @@ __global__ void fm_bwd_v_kernel(std::int64_t rows, std::int64_t fields, std::int
         const T g = gy[r];
         const T* vr = v + r * fields * dim;
         T* gvr = gv + r * fields * dim;
-        A pre = 0, suf = 0;
-        for (std::int64_t f = 0; f < fields; ++f) {
-            gvr[f * dim + d] += g * static_cast<T>(pre);
-            pre += vr[f * dim + d];
-        }
-        for (std::int64_t f = fields - 1; f >= 0; --f) {
-            gvr[f * dim + d] += g * static_cast<T>(suf);
-            suf += vr[f * dim + d];
-        }
+        A tot = 0;
+        for (std::int64_t f = 0; f < fields; ++f) tot += vr[f * dim + d];
+        for (std::int64_t f = 0; f < fields; ++f) gvr[f * dim + d] += g * static_cast<T>(tot - vr[f * dim + d]);
     }
 }
 template <class T>
@@ -534,8 +543,21 @@ void fm_fwd(cuda tag, std::int64_t rows, std::int64_t fields, std::int64_t dim, 
             std::int64_t first_cols, T* y) {
     if (rows <= 0)
         return;
-    cuda_detail::fm_fwd_kernel<T><<<cuda_detail::row_blocks(rows), cuda_detail::row_threads, 0, device::stream_of(tag)>>>(
-        rows, fields, dim, v, first, first_cols, y);
+    const cudaStream_t s = device::stream_of(tag);
+    const auto launch = [&](auto g) {
+        constexpr int G = decltype(g)::value;
+        const std::int64_t blocks = (rows + 256 / G - 1) / (256 / G);
+        cuda_detail::fm_fwd_kernel<T, G><<<static_cast<unsigned>(blocks < 65535 ? blocks : 65535), 256, 0, s>>>(
+            rows, fields, dim, v, first, first_cols, y);
+    };
+    if (dim <= 4)
+        launch(std::integral_constant<int, 4>{});
+    else if (dim <= 8)
+        launch(std::integral_constant<int, 8>{});
+    else if (dim <= 16)
+        launch(std::integral_constant<int, 16>{});
+    else
+        launch(std::integral_constant<int, 32>{});
     cuda_detail::check_launch();
 }
 /// gv[r, f, :] += gy[r] sum_{g != f} v[r, g, :] (gv not null); gfirst[r, c] += gy[r].

@@ -18,6 +18,7 @@
 #include "xrec/core/error.hpp"
 #include "xrec/cuda/blas.cuh"
 #include "xrec/cuda/check.cuh"
+#include "xrec/cuda/memory.cuh"
 #include "xrec/cuda/stream.cuh"
 
 namespace xrec::kernels {
@@ -120,13 +121,38 @@ __global__ void add_row_bias_kernel(std::int64_t rows, std::int64_t cols, const 
     for (std::int64_t i = first_index(); i < rows * cols; i += grid_stride())
         y[i] += bias[i % cols];
 }
-// One thread per column, rows summed in order: the same order as the cpu kernel.
+// Column sums in two fixed-order passes, no atomics: block (tile, chunk) sums rows
+// [chunk R, chunk R + R) of 32 columns, each of its 8 warps taking every 8th row (a warp
+// reads 32 consecutive floats of a row), the warps' sums added in warp order; with one
+// chunk the block adds straight into acc, else into part[chunk, col], which
+// col_final_kernel adds to acc in chunk order. One thread per column walking all rows
+// (the cpu order) left 13 blocks busy for 400 columns: 6 ms at 65,536 rows on the H100.
 template <class T>
-__global__ void col_sums_acc_kernel(std::int64_t rows, std::int64_t cols, const T* x, T* acc) {
+__global__ void __launch_bounds__(256) col_part_kernel(std::int64_t rows, std::int64_t cols, std::int64_t R, const T* x,
+                                                       T* part, bool direct) {
+    __shared__ T sh[8][32];
+    const int c = static_cast<int>(threadIdx.x % 32), l = static_cast<int>(threadIdx.x / 32);
+    const std::int64_t col = static_cast<std::int64_t>(blockIdx.x) * 32 + c;
+    const std::int64_t r0 = static_cast<std::int64_t>(blockIdx.y) * R, r1 = r0 + R < rows ? r0 + R : rows;
+    T s = 0;
+    if (col < cols)
+        for (std::int64_t r = r0 + l; r < r1; r += 8) s += x[r * cols + col];
+    sh[l][c] = s;
+    __syncthreads();
+    if (l == 0 && col < cols) {
+        T t = sh[0][c];
+        for (int k = 1; k < 8; ++k) t += sh[k][c];
+        if (direct)
+            part[col] += t;
+        else
+            part[static_cast<std::int64_t>(blockIdx.y) * cols + col] = t;
+    }
+}
+template <class T>
+__global__ void col_final_kernel(std::int64_t chunks, std::int64_t cols, const T* part, T* acc) {
     for (std::int64_t j = first_index(); j < cols; j += grid_stride()) {
         T s = acc[j];
-        for (std::int64_t r = 0; r < rows; ++r)
-            s += x[r * cols + j];
+        for (std::int64_t k = 0; k < chunks; ++k) s += part[k * cols + j];
         acc[j] = s;
     }
 }
@@ -239,13 +265,28 @@ void add_row_bias(cuda tag, std::int64_t rows, std::int64_t cols, const T* bias,
                                                                                                     y);
     cuda_detail::check_launch();
 }
-/// acc[j] += sum_r x[r, j]: column sums, rows summed in order.
+/// acc[j] += sum_r x[r, j]: column sums in a fixed order (chunks of rows summed by row
+/// lanes, then the chunks in order; see col_part_kernel), so the result is the same from
+/// run to run; it differs from the cpu's row-by-row order by rounding only.
 template <class T>
 void col_sums_acc(cuda tag, std::int64_t rows, std::int64_t cols, const T* x, T* acc) {
     if (rows <= 0 || cols <= 0)
         return;
-    cuda_detail::col_sums_acc_kernel<T>
-        <<<cuda_detail::blocks_for(cols), cuda_detail::threads, 0, device::stream_of(tag)>>>(rows, cols, x, acc);
+    const cudaStream_t s = device::stream_of(tag);
+    std::int64_t R = 1024;
+    while ((rows + R - 1) / R > 65535) R *= 2;
+    const std::int64_t chunks = (rows + R - 1) / R;
+    const dim3 grid(static_cast<unsigned>((cols + 31) / 32), static_cast<unsigned>(chunks));
+    if (chunks == 1) {
+        cuda_detail::col_part_kernel<T><<<grid, 256, 0, s>>>(rows, cols, R, x, acc, true);
+        cuda_detail::check_launch();
+        return;
+    }
+    const device::stream_scratch part(static_cast<std::size_t>(chunks * cols) * sizeof(T), s);
+    cuda_detail::col_part_kernel<T><<<grid, 256, 0, s>>>(rows, cols, R, x, part.as<T>(), false);
+    cuda_detail::check_launch();
+    cuda_detail::col_final_kernel<T>
+        <<<cuda_detail::blocks_for(cols), cuda_detail::threads, 0, s>>>(chunks, cols, part.as<T>(), acc);
     cuda_detail::check_launch();
 }
 /// y = act(x)

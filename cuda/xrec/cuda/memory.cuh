@@ -108,6 +108,10 @@ struct backend_memory<cuda> {
         XREC_CUDA_CHECK(cudaStreamIsCapturing(s, &st));
         if (st == cudaStreamCaptureStatusNone) XREC_CUDA_CHECK(cudaStreamSynchronize(s));
     }
+    /// Device to device on the current stream, without waiting.
+    static void copy_async(void* dst, const void* src, std::size_t bytes) {
+        XREC_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, device::current_stream()));
+    }
 };
 
 /// Host <-> device helpers of the cuda backend (`xrec::cuda` is the tag type, hence the
@@ -149,6 +153,27 @@ std::vector<T> to_host(const T* src_device, std::int64_t n) {
     download(h.data(), src_device, n);
     return h;
 }
+
+/// Device scratch of one call, allocated and freed in order on stream s (from the caching
+/// pool: no cudaMalloc in steady state), so it may be freed as soon as the last kernel that
+/// uses it is queued, and it may be used while the stream is captured into a graph.
+class stream_scratch {
+public:
+    stream_scratch(std::size_t bytes, cudaStream_t s) : s_(s) {
+        XREC_CUDA_CHECK(cudaMallocFromPoolAsync(&p_, bytes ? bytes : 1, caching_pool(), s));
+    }
+    ~stream_scratch() { XREC_CUDA_CHECK_NOTHROW(cudaFreeAsync(p_, s_)); }
+    stream_scratch(const stream_scratch&) = delete;
+    stream_scratch& operator=(const stream_scratch&) = delete;
+    template <class T>
+    T* as() const noexcept {
+        return static_cast<T*>(p_);
+    }
+
+private:
+    void* p_ = nullptr;
+    cudaStream_t s_;
+};
 
 /// Scratch device memory for two-phase kernels (CUB style: ask how many bytes, then run):
 /// `get(bytes)` returns at least that many bytes, growing (through the caching pool) only

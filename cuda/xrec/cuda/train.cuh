@@ -121,6 +121,24 @@ __global__ void first_nonfinite_kernel(std::int64_t n, const T* x, unsigned long
     if (threadIdx.x == 0 && part[0] != ~0ull)
         atomicMin(best, part[0]);
 }
+// Smallest position i < n with ids[i] outside [0, rows), folded into *best like the above.
+__global__ inline void first_id_outside_kernel(std::int64_t n, const std::int64_t* ids, std::int64_t rows,
+                                               unsigned long long* best) {
+    __shared__ unsigned long long part[threads];
+    unsigned long long m = ~0ull;
+    for (std::int64_t i = first_index(); i < n; i += grid_stride())
+        if ((ids[i] < 0 || ids[i] >= rows) && static_cast<unsigned long long>(i) < m)
+            m = static_cast<unsigned long long>(i);
+    part[threadIdx.x] = m;
+    __syncthreads();
+    for (unsigned half = blockDim.x / 2; half > 0; half /= 2) {
+        if (threadIdx.x < half && part[threadIdx.x + half] < part[threadIdx.x])
+            part[threadIdx.x] = part[threadIdx.x + half];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0 && part[0] != ~0ull)
+        atomicMin(best, part[0]);
+}
 // The same over rows table[ids[k], :] of width dim, indexed k * dim + d.
 template <class T>
 __global__ void first_nonfinite_rows_kernel(const T* table, std::int64_t dim, const std::int64_t* ids, std::int64_t n,
@@ -230,41 +248,31 @@ __global__ void merge_rows_kernel(std::int64_t u, std::int64_t dim, const int* s
         dst[e] = acc;
     }
 }
-// Row-wise Adagrad, one thread per merged row (the row's d in order, as on the cpu).
-template <class T>
-__global__ void rowwise_adagrad_kernel(std::int64_t u, std::int64_t dim, const std::int64_t* ids, const T* grows,
-                                       T* values, T* sums, T lr, T eps, T l2, T shrink) {
-    for (std::int64_t j = first_index(); j < u; j += grid_stride()) {
-        const std::int64_t id = ids[j];
-        T* w = values + id * dim;
-        const T* g = grows + j * dim;
-        T sq = T(0);
-        for (std::int64_t d = 0; d < dim; ++d) {
-            const T gd = rn_add(g[d], rn_mul(l2, w[d]));
-            sq = rn_add(sq, rn_mul(gd, gd));
-        }
-        const T a = rn_add(sums[id], rn_div(sq, static_cast<T>(dim)));
-        sums[id] = a;
-        const T m = rn_div(lr, rn_add(rn_sqrt(a), eps));
-        for (std::int64_t d = 0; d < dim; ++d)
-            w[d] = rn_sub(rn_mul(shrink, w[d]), rn_mul(m, rn_add(g[d], rn_mul(l2, w[d]))));
-    }
+
+
+// The result word of the scans above, in pinned host memory written by the device, one per
+// thread (the scans wait for their stream anyway): no allocation per call.
+inline unsigned long long* scan_result() {
+    struct holder {
+        unsigned long long* p = nullptr;
+        holder() { XREC_CUDA_CHECK(cudaHostAlloc(&p, sizeof *p, cudaHostAllocDefault)); }
+        ~holder() { (void)cudaFreeHost(p); }
+    };
+    static thread_local holder h;
+    return h.p;
 }
-
-// Device scratch of one call (a few bytes to a few MB), from the caching pool.
-struct scoped_device_bytes {
-    void* p = nullptr;
-    explicit scoped_device_bytes(std::size_t bytes) { p = backend_memory<cuda>::allocate(bytes ? bytes : 1, 256); }
-    ~scoped_device_bytes() { backend_memory<cuda>::deallocate(p, 256); }
-    scoped_device_bytes(const scoped_device_bytes&) = delete;
-    scoped_device_bytes& operator=(const scoped_device_bytes&) = delete;
-};
-
-// Result of a first_nonfinite scan: -1 for none.
+// Starts a scan: the result word reset on the stream (a 64-bit store of all ones).
+__global__ inline void reset_result_kernel(unsigned long long* best) { *best = ~0ull; }
+inline unsigned long long* begin_scan(cudaStream_t s) {
+    unsigned long long* b = scan_result();
+    reset_result_kernel<<<1, 1, 0, s>>>(b);
+    check_launch();
+    return b;
+}
+// Result of a scan: -1 for none. Waits for the stream.
 inline std::int64_t read_first(const unsigned long long* best, cudaStream_t s) {
-    unsigned long long h = 0;
-    XREC_CUDA_CHECK(cudaMemcpyAsync(&h, best, sizeof h, cudaMemcpyDeviceToHost, s));
     XREC_CUDA_CHECK(cudaStreamSynchronize(s));
+    const unsigned long long h = *static_cast<const volatile unsigned long long*>(best);
     return h == ~0ull ? -1 : static_cast<std::int64_t>(h);
 }
 
@@ -330,34 +338,39 @@ const std::int64_t* upload_ids(cuda tag, Ctx& ctx, std::span<const std::int64_t>
     return d;
 }
 
+/// The position of the first id of ids[0, n) (device memory) outside [0, rows), or -1.
+/// Waits for the result.
+inline std::int64_t first_id_outside(cuda tag, std::int64_t n, const std::int64_t* ids, std::int64_t rows) {
+    if (n <= 0)
+        return -1;
+    const cudaStream_t s = device::stream_of(tag);
+    unsigned long long* b = cuda_detail::begin_scan(s);
+    cuda_detail::first_id_outside_kernel<<<cuda_detail::blocks_for(n), cuda_detail::threads, 0, s>>>(n, ids, rows, b);
+    cuda_detail::check_launch();
+    return cuda_detail::read_first(b, s);
+}
+
 /// The index of the first NaN or infinite element of x[0, n), or -1. Waits for the result.
 template <class T>
 std::int64_t first_nonfinite(cuda tag, std::int64_t n, const T* x) {
     if (n <= 0)
         return -1;
     const cudaStream_t s = device::stream_of(tag);
-    cuda_detail::scoped_device_bytes best(sizeof(unsigned long long));
-    auto* b = static_cast<unsigned long long*>(best.p);
-    XREC_CUDA_CHECK(cudaMemsetAsync(b, 0xff, sizeof(unsigned long long), s));
+    unsigned long long* b = cuda_detail::begin_scan(s);
     cuda_detail::first_nonfinite_kernel<T><<<cuda_detail::blocks_for(n), cuda_detail::threads, 0, s>>>(n, x, b);
     cuda_detail::check_launch();
     return cuda_detail::read_first(b, s);
 }
-/// Rows table[ids[k], :] for k < n, ids on the host: the first non-finite element as
+/// Rows table[ids[k], :] for k < n, ids in device memory: the first non-finite element as
 /// k * dim + d, or -1. Waits for the result.
 template <class T>
 std::int64_t first_nonfinite_rows(cuda tag, const T* table, std::int64_t dim, const std::int64_t* ids, std::int64_t n) {
     if (n <= 0 || dim <= 0)
         return -1;
     const cudaStream_t s = device::stream_of(tag);
-    cuda_detail::scoped_device_bytes mem(sizeof(unsigned long long) + static_cast<std::size_t>(n) * sizeof(std::int64_t));
-    auto* b = static_cast<unsigned long long*>(mem.p);
-    auto* d_ids = reinterpret_cast<std::int64_t*>(b + 1);
-    XREC_CUDA_CHECK(cudaMemsetAsync(b, 0xff, sizeof(unsigned long long), s));
-    XREC_CUDA_CHECK(cudaMemcpyAsync(d_ids, ids, static_cast<std::size_t>(n) * sizeof(std::int64_t),
-                                    cudaMemcpyHostToDevice, s));
+    unsigned long long* b = cuda_detail::begin_scan(s);
     cuda_detail::first_nonfinite_rows_kernel<T>
-        <<<cuda_detail::blocks_for(n * dim), cuda_detail::threads, 0, s>>>(table, dim, d_ids, n, b);
+        <<<cuda_detail::blocks_for(n * dim), cuda_detail::threads, 0, s>>>(table, dim, ids, n, b);
     cuda_detail::check_launch();
     return cuda_detail::read_first(b, s);
 }
@@ -402,28 +415,20 @@ void sgd_update(cuda tag, thread_pool* /*pool*/, std::int64_t n, T* p, const T* 
     cuda_detail::check_launch();
 }
 
-/// optim::coalesce on the device: the ids (host, as emitted) are checked and, unless already
-/// strictly ascending, uploaded and sorted with their positions by CUB's stable radix sort;
-/// run-length encoding gives the unique ids and their counts, an exclusive scan the segment
-/// starts, and one thread per (unique id, element) sums its rows in emission order. The
-/// merged rows replace the gradient's rows, the unique ids (downloaded) its ids: the same
-/// representation, values and order as the cpu merge. Scratch lives in s.work; waits once
-/// (for the number of unique ids).
+/// optim::coalesce on the device, the ids and rows where the tape left them (device memory):
+/// CUB's stable radix sort of (id, position) on the ids' significant bits, run-length
+/// encoding into the unique ids and their counts, an exclusive scan for the segment starts,
+/// and one thread per (unique id, element) summing its rows in emission order. The merged
+/// rows and unique ids replace the gradient's: the same representation, values and order as
+/// the cpu merge. Scratch lives in s.work; waits once, for the number of unique ids (the
+/// gradient's count is host state). Ids must lie in [0, rows) (the ops that append them
+/// check). rowwise_adagrad does not come here: its update merges as it goes
+/// (sparse_rows_adagrad) and never waits.
 template <class T>
 void coalesce_rows(cuda tag, embedding_table<T, cuda>& t, optim::coalesce_scratch<T, cuda>& s, thread_pool* /*pool*/) {
     auto& g = t.grad;
     const std::int64_t n = g.count();
     if (n == 0)
-        return;
-    bool sorted_unique = true;
-    for (std::int64_t i = 0; i < n; ++i) {
-        const std::int64_t id = g.ids[static_cast<std::size_t>(i)];
-        XREC_CHECK(id >= 0 && id < t.rows, "optim: table '", t.name, "' received a gradient for row ", id,
-                   " outside its ", t.rows, " rows");
-        if (i > 0 && id <= g.ids[static_cast<std::size_t>(i - 1)])
-            sorted_unique = false;
-    }
-    if (sorted_unique)
         return;
     XREC_CHECK(n < (std::int64_t{1} << 31), "optim: table '", t.name, "' has ", n,
                " gradient rows in one step; the device merge handles fewer than 2^31");
@@ -446,11 +451,11 @@ void coalesce_rows(cuda tag, embedding_table<T, cuda>& t, optim::coalesce_scratc
     std::size_t temp_bytes = sort_bytes > rle_bytes ? sort_bytes : rle_bytes;
     temp_bytes = temp_bytes > scan_bytes ? temp_bytes : scan_bytes;
 
-    // Layout of s.work (8-byte aligned pieces): keys in/out, unique keys, positions in/out,
+    // Layout of s.work (8-byte aligned pieces): sorted keys, unique keys, positions in/out,
     // counts, starts, the run count, CUB's temporary storage.
     const std::size_t nk = static_cast<std::size_t>(n) * sizeof(key), n32 = static_cast<std::size_t>(n) * sizeof(int);
-    const std::size_t off_keys_out = cuda_detail::round8(nk), off_uniq = off_keys_out + cuda_detail::round8(nk),
-                      off_pos_in = off_uniq + cuda_detail::round8(nk), off_pos_out = off_pos_in + cuda_detail::round8(n32),
+    const std::size_t off_uniq = cuda_detail::round8(nk), off_pos_in = off_uniq + cuda_detail::round8(nk),
+                      off_pos_out = off_pos_in + cuda_detail::round8(n32),
                       off_counts = off_pos_out + cuda_detail::round8(n32),
                       off_starts = off_counts + cuda_detail::round8(n32), off_runs = off_starts + cuda_detail::round8(n32),
                       off_temp = off_runs + 8, total = off_temp + cuda_detail::round8(temp_bytes);
@@ -458,8 +463,7 @@ void coalesce_rows(cuda tag, embedding_table<T, cuda>& t, optim::coalesce_scratc
     if (s.work.size() < need)
         s.work = buffer<std::int64_t, cuda>(need + need / 4);  // fresh (no copy of the old scratch)
     char* base = reinterpret_cast<char*>(s.work.data());
-    auto* keys_in = reinterpret_cast<key*>(base);
-    auto* keys_out = reinterpret_cast<key*>(base + off_keys_out);
+    auto* keys_out = reinterpret_cast<key*>(base);
     auto* uniq = reinterpret_cast<key*>(base + off_uniq);
     auto* pos_in = reinterpret_cast<int*>(base + off_pos_in);
     auto* pos_out = reinterpret_cast<int*>(base + off_pos_out);
@@ -468,11 +472,10 @@ void coalesce_rows(cuda tag, embedding_table<T, cuda>& t, optim::coalesce_scratc
     auto* runs = reinterpret_cast<int*>(base + off_runs);
     void* temp = base + off_temp;
 
-    XREC_CUDA_CHECK(cudaMemcpyAsync(keys_in, g.ids.data(), nk, cudaMemcpyHostToDevice, st));
     cuda_detail::iota_kernel<int><<<cuda_detail::blocks_for(n), cuda_detail::threads, 0, st>>>(n, pos_in);
     cuda_detail::check_launch();
     std::size_t bytes = sort_bytes;
-    XREC_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(temp, bytes, static_cast<const key*>(keys_in), keys_out,
+    XREC_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(temp, bytes, reinterpret_cast<const key*>(g.ids.data()), keys_out,
                                                     static_cast<const int*>(pos_in), pos_out, ni, 0, end_bit, st));
     bytes = rle_bytes;
     XREC_CUDA_CHECK(
@@ -488,40 +491,9 @@ void coalesce_rows(cuda tag, embedding_table<T, cuda>& t, optim::coalesce_scratc
     cuda_detail::merge_rows_kernel<T><<<cuda_detail::blocks_for(u * dim), cuda_detail::threads, 0, st>>>(
         u, dim, starts, counts, pos_out, g.rows.data(), s.rows.data());
     cuda_detail::check_launch();
-    s.ids.resize(static_cast<std::size_t>(u));
-    XREC_CUDA_CHECK(cudaMemcpyAsync(s.ids.data(), uniq, static_cast<std::size_t>(u) * sizeof(key),
-                                    cudaMemcpyDeviceToHost, st));
-    XREC_CUDA_CHECK(cudaStreamSynchronize(st));
-    g.ids.swap(s.ids);
+    g.ids.clear();  // the sort has read them: the unique ids take their place
+    g.ids.append(reinterpret_cast<const std::int64_t*>(uniq), u);
     g.rows.swap(s.rows);
-}
-
-/// optim::rowwise_adagrad's step on the device: per table, the merge above, then one thread
-/// per touched row (the update of the cpu kernel in optim/rowwise_adagrad.hpp, without FMA),
-/// then the gradient is cleared. `pool` unused.
-template <class T>
-void rowwise_adagrad_update(cuda tag, param_store<T, cuda>& store, optim::coalesce_scratch<T, cuda>& scratch,
-                            thread_pool* /*pool*/, std::vector<buffer<T, cuda>>& sums, T lr, T eps, T l2, T shrink) {
-    const cudaStream_t st = device::stream_of(tag);
-    for (std::int64_t ti = 0; ti < store.table_count(); ++ti) {
-        auto& t = store.table(ti);
-        coalesce_rows(tag, t, scratch, nullptr);
-        const std::int64_t u = t.grad.count();
-        if (u > 0) {
-            // The merged ids are on the host (the sparse gradient's representation); the rows
-            // they name are updated where they live.
-            if (scratch.dev_ids.size() < u)
-                scratch.dev_ids = buffer<std::int64_t, cuda>(u + u / 4);
-            XREC_CUDA_CHECK(cudaMemcpyAsync(scratch.dev_ids.data(), t.grad.ids.data(),
-                                            static_cast<std::size_t>(u) * sizeof(std::int64_t), cudaMemcpyHostToDevice,
-                                            st));
-            cuda_detail::rowwise_adagrad_kernel<T><<<cuda_detail::blocks_for(u), cuda_detail::threads, 0, st>>>(
-                u, t.dim, scratch.dev_ids.data(), t.grad.rows.data(), t.values.data(),
-                sums[static_cast<std::size_t>(ti)].data(), lr, eps, l2, shrink);
-            cuda_detail::check_launch();
-        }
-        t.grad.clear();
-    }
 }
 
 }  // namespace xrec::kernels

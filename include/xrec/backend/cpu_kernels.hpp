@@ -1328,6 +1328,14 @@ const std::int64_t* upload_ids(cpu<A>, Ctx&, std::span<const std::int64_t> ids) 
     return ids.data();
 }
 
+/// The position of the first id of ids[0, n) outside [0, rows), or -1 when all are inside.
+template <class A>
+std::int64_t first_id_outside(cpu<A>, std::int64_t n, const std::int64_t* ids, std::int64_t rows) {
+    for (std::int64_t i = 0; i < n; ++i)
+        if (ids[i] < 0 || ids[i] >= rows) return i;
+    return -1;
+}
+
 /// The index of the first element of x[0, n) that is NaN or infinite, or -1 when all are finite.
 template <class T, class A>
 std::int64_t first_nonfinite(cpu<A>, std::int64_t n, const T* x) {
@@ -1335,8 +1343,8 @@ std::int64_t first_nonfinite(cpu<A>, std::int64_t n, const T* x) {
         if (!std::isfinite(x[i])) return i;
     return -1;
 }
-/// Rows table[ids[k], :] (width dim) for k < n, ids on the host: the first non-finite element
-/// as k * dim + d, or -1 when all are finite.
+/// Rows table[ids[k], :] (width dim) for k < n, ids in the backend's memory (the host's
+/// here): the first non-finite element as k * dim + d, or -1 when all are finite.
 template <class T, class A>
 std::int64_t first_nonfinite_rows(cpu<A>, const T* table, std::int64_t dim, const std::int64_t* ids, std::int64_t n) {
     for (std::int64_t k = 0; k < n; ++k) {

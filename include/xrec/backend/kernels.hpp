@@ -52,6 +52,7 @@ XREC_KERNEL_FALLBACK(add_block)
 XREC_KERNEL_FALLBACK(reduce_axis)
 XREC_KERNEL_FALLBACK(reduce_axis_bwd)
 XREC_KERNEL_FALLBACK(upload_ids)
+XREC_KERNEL_FALLBACK(first_id_outside)
 XREC_KERNEL_FALLBACK(first_nonfinite)
 XREC_KERNEL_FALLBACK(first_nonfinite_rows)
 

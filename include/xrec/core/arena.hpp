@@ -25,7 +25,14 @@ struct backend_memory {
     static void deallocate(void* p, std::size_t align) noexcept { ::operator delete(p, std::align_val_t(align)); }
     static void zero(void* p, std::size_t bytes) noexcept { std::memset(p, 0, bytes); }
     static void copy(void* dst, const void* src, std::size_t bytes) noexcept { std::memcpy(dst, src, bytes); }
+    /// Within the backend's memory, in stream order where the backend has streams (the source
+    /// must stay valid until the copy has run); here simply a copy.
+    static void copy_async(void* dst, const void* src, std::size_t bytes) noexcept { std::memcpy(dst, src, bytes); }
 };
+
+/// Where memory that an op or a batch points at lives: the host's, or the backend's (a
+/// batch already staged on the device). On the cpu both are the host's.
+enum class memory_space { host, backend };
 
 /// n elements at p in backend B's memory, readable on the host: p itself where B's memory
 /// is host memory, else a copy in `tmp` (which grows as needed). For read-outs of small

@@ -27,13 +27,16 @@ inline void check_epoch(std::uint32_t made, std::uint32_t now) {
 /// The var of a context input: the caller's (host) memory itself where the backend's memory
 /// is host memory, else a copy in the context's arena (valid until its reset).
 template <class B, class T>
-var<T> input_var(arena<B>& mem, tensor_view<const T> x) {
+var<T> input_var(arena<B>& mem, tensor_view<const T> x, memory_space where = memory_space::host) {
     if constexpr (backend_memory<B>::host_accessible) {
+        (void)where;
         return {const_cast<T*>(x.data), x.s, nullptr, 0};
     } else {
         const std::int64_t n = x.numel();
         T* d = mem.template allocate_n<T>(n);
-        if (n > 0) backend_memory<B>::copy(d, x.data, static_cast<std::size_t>(n) * sizeof(T));
+        const auto bytes = static_cast<std::size_t>(n) * sizeof(T);
+        if (n > 0 && where == memory_space::host) backend_memory<B>::copy(d, x.data, bytes);
+        if (n > 0 && where == memory_space::backend) backend_memory<B>::copy_async(d, x.data, bytes);  // no wait
         return {d, x.s, nullptr, mem.epoch()};
     }
 }
@@ -67,6 +70,9 @@ public:
     /// is host memory; on a backend whose memory the host cannot address (cuda) the values
     /// are copied into the arena first (detail::input_var).
     var<T> input(tensor_view<const T> x) { return detail::input_var<B>(values_, x); }
+    /// The same for memory that may already be the backend's (memory_space::backend: a batch
+    /// staged on the device is copied there without a round trip).
+    var<T> input(tensor_view<const T> x, memory_space where) { return detail::input_var<B>(values_, x, where); }
     /// A var over caller memory whose gradient is accumulated into `grad` (same size),
     /// e.g. for gradient checks or for inputs produced outside the tape.
     var<T> leaf(tensor_view<T> x, T* grad) {
@@ -198,6 +204,7 @@ public:
     explicit infer_ctx(std::size_t reserve_bytes = 0) : ws_(reserve_bytes) {}
 
     var<T> input(tensor_view<const T> x) { return detail::input_var<B>(ws_, x); }
+    var<T> input(tensor_view<const T> x, memory_space where) { return detail::input_var<B>(ws_, x, where); }
     var<T> param(const dense_param<T, B>& p) const { return {p.value(), p.s, nullptr, 0}; }
     var<T> make(const shape& s, bool /*requires_grad*/ = false) {
         return {ws_.template allocate_n<T>(s.numel()), s, nullptr, ws_.epoch()};

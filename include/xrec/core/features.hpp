@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "xrec/core/arena.hpp"
 #include "xrec/core/error.hpp"
 #include "xrec/core/tensor.hpp"
 
@@ -104,6 +105,10 @@ private:
 ///  - sequence_weights: empty, or one span per sequence field (empty, or nnz weights)
 ///  - labels  [rows, layout.num_tasks()] (0/1 for CTR tasks; may be empty when serving)
 ///  - groups  [rows]: the group of each row (the user) for group AUC; may be empty
+///  - memory: memory_space::backend when sparse, dense and labels point into the backend's
+///    memory (a batch prepared on the device, as a training loop that stages its data
+///    there does); sequences, weights and groups stay host memory, and models whose inputs
+///    need host-side work (column selection, sequences) refuse such a batch by name.
 template <class T>
 struct batch {
     std::int64_t rows = 0;
@@ -113,6 +118,7 @@ struct batch {
     std::span<const std::span<const T>> sequence_weights;
     tensor_view<const T> labels;
     std::span<const std::int64_t> groups;
+    memory_space memory = memory_space::host;
 
     /// Throws xrec::error naming `who` unless every view matches `layout` and `rows`, and every
     /// id lies in the layout's id space (and in its own table).
@@ -129,14 +135,17 @@ struct batch {
         XREC_CHECK(groups.empty() || static_cast<std::int64_t>(groups.size()) == rows, who, ": ", groups.size(),
                    " groups for ", rows, " rows");
         const std::int64_t F = layout.num_sparse();
-        for (std::int64_t r = 0; r < rows; ++r)
-            for (std::int64_t f = 0; f < F; ++f) {
-                const auto& t = layout.tables[static_cast<std::size_t>(layout.sparse[static_cast<std::size_t>(f)].table)];
-                const std::int64_t id = sparse.data[r * F + f];
-                XREC_CHECK(id >= t.offset && id < t.offset + t.rows, who, ": row ", r, " field '",
-                           layout.sparse[static_cast<std::size_t>(f)].name, "' id ", id, " is outside table '", t.name,
-                           "' rows [", t.offset, ", ", t.offset + t.rows, ")");
-            }
+        // Ids in a backend's memory are checked where they are read (ops::embedding_lookup).
+        if (memory == memory_space::host) {
+            for (std::int64_t r = 0; r < rows; ++r)
+                for (std::int64_t f = 0; f < F; ++f) {
+                    const auto& t = layout.tables[static_cast<std::size_t>(layout.sparse[static_cast<std::size_t>(f)].table)];
+                    const std::int64_t id = sparse.data[r * F + f];
+                    XREC_CHECK(id >= t.offset && id < t.offset + t.rows, who, ": row ", r, " field '",
+                               layout.sparse[static_cast<std::size_t>(f)].name, "' id ", id, " is outside table '", t.name,
+                               "' rows [", t.offset, ", ", t.offset + t.rows, ")");
+                }
+        }
         for (std::size_t k = 0; k < sequences.size(); ++k) {
             const auto& sf = layout.sequences[k];
             const auto& t = layout.tables[static_cast<std::size_t>(sf.table)];

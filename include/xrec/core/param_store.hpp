@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "xrec/core/buffer.hpp"
@@ -37,20 +38,70 @@ struct dense_param {
     T* grad() const;
 };
 
+/// A growable list of row ids in the memory of a backend the host cannot read (a device):
+/// what sparse_grad keeps its ids in there (see grad_ids). Appends are copies within that
+/// memory in stream order (no wait); growth is geometric, so a training loop allocates in
+/// its first steps alone. Copying the list copies its ids (within that memory).
+template <class B>
+class device_id_list {
+public:
+    std::int64_t size() const noexcept { return n_; }
+    bool empty() const noexcept { return n_ == 0; }
+    std::int64_t* data() noexcept { return buf_.data(); }
+    const std::int64_t* data() const noexcept { return buf_.data(); }
+    void clear() noexcept { n_ = 0; }
+    /// Makes room for n more ids and returns where they go.
+    std::int64_t* grow(std::int64_t n) {
+        if (buf_.size() < n_ + n) {
+            buffer<std::int64_t, B> b(std::max<std::int64_t>(n_ + n, 2 * buf_.size()));
+            if (n_ > 0) backend_memory<B>::copy_async(b.data(), buf_.data(), static_cast<std::size_t>(n_) * 8);
+            buf_.swap(b);  // the old block returns to the backend's (stream-ordered) pool
+        }
+        n_ += n;
+        return buf_.data() + (n_ - n);
+    }
+    /// Appends n ids that sit in the backend's memory.
+    void append(const std::int64_t* ids, std::int64_t n) {
+        if (n > 0) backend_memory<B>::copy_async(grow(n), ids, static_cast<std::size_t>(n) * 8);
+    }
+    void assign(const device_id_list& o) {
+        n_ = 0;
+        append(o.data(), o.size());
+    }
+    void swap(device_id_list& o) noexcept {
+        buf_.swap(o.buf_);
+        std::swap(n_, o.n_);
+    }
+
+private:
+    buffer<std::int64_t, B> buf_;
+    std::int64_t n_ = 0;
+};
+
+/// Where a sparse gradient keeps its ids: a std::vector on backends whose memory is the
+/// host's (the cpu), a device_id_list elsewhere. Either way the ids are in the backend's
+/// memory, next to the rows, so a device merges and applies them without a host round trip.
+template <class B>
+using grad_ids = std::conditional_t<backend_memory<B>::host_accessible, std::vector<std::int64_t>, device_id_list<B>>;
+
 /// Sparse row gradients of one table for the current step: (id, row) pairs in the order
 /// backward emitted them. Duplicates are kept; optimizers merge them in this order, so the
-/// update is deterministic.
+/// update is deterministic. Ids and rows live in the backend's memory (grad_ids).
 template <class T, class B>
 struct sparse_grad {
-    std::vector<std::int64_t> ids;
+    grad_ids<B> ids;
     buffer<T, B> rows;  // ids.size() * dim used, capacity grows geometrically
     std::int64_t dim = 0;
 
     std::int64_t count() const { return static_cast<std::int64_t>(ids.size()); }
-    /// Appends n pairs and returns where their n rows go (uninitialised). Single caller.
+    /// Appends n pairs, new_ids in the backend's memory, and returns where their n rows go
+    /// (uninitialised). Single caller.
     T* append(std::int64_t n, const std::int64_t* new_ids) {
         const std::int64_t old = count();
-        ids.insert(ids.end(), new_ids, new_ids + n);
+        if constexpr (backend_memory<B>::host_accessible)
+            ids.insert(ids.end(), new_ids, new_ids + n);
+        else
+            ids.append(new_ids, n);
         const std::int64_t need = (old + n) * dim;
         if (rows.size() < need) rows.resize(std::max<std::int64_t>(need, rows.size() * 2));
         return rows.data() + old * dim;

@@ -31,9 +31,11 @@ struct embedding {
     std::int64_t rows() const { return table.table().rows; }
     std::int64_t dim() const { return table.table().dim; }
 
+    /// ids in host memory, or in the backend's (where = memory_space::backend; see
+    /// ops::embedding_lookup).
     template <class Ctx>
-    var<T> operator()(Ctx& ctx, std::span<const std::int64_t> ids) const {
-        return ops::detail::embedding_lookup_impl(ctx, table, ids, who.c_str());
+    var<T> operator()(Ctx& ctx, std::span<const std::int64_t> ids, memory_space where = memory_space::host) const {
+        return ops::detail::embedding_lookup_impl(ctx, table, ids, where, who.c_str());
     }
 };
 

@@ -159,7 +159,7 @@ struct esmm {
 
     template <class Ctx>
     var<T> loss(Ctx& ctx, const var<T>& logits, const batch<T>& b) const {
-        return esmm_loss(ctx, logits, ctx.input(b.labels));
+        return esmm_loss(ctx, logits, ctx.input(b.labels, b.memory));
     }
 
     /// out[r, 0] = pCTR = s(logit_ctr), out[r, 1] = pCVR = s(logit_cvr); pCTCVR = their product.

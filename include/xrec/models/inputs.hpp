@@ -93,13 +93,16 @@ struct ctr_inputs {
         if (F > 0) {
             std::span<const std::int64_t> ids(b.sparse.data, static_cast<std::size_t>(b.sparse.numel()));
             if (F != layout.num_sparse()) {
+                XREC_CHECK(b.memory == memory_space::host || backend_memory<B>::host_accessible, "ctr_inputs '", name,
+                           "': a batch in device memory needs every sparse field embedded (", layout.num_sparse() - F,
+                           " are wide-only here); pass this model host batches");
                 auto* sel = ctx.template host_scratch<std::int64_t>(n * F);
                 for (std::int64_t r = 0; r < n; ++r)
                     for (std::int64_t j = 0; j < F; ++j)
                         sel[r * F + j] = b.sparse.data[r * layout.num_sparse() + deep_fields[static_cast<std::size_t>(j)]];
                 ids = {sel, static_cast<std::size_t>(n * F)};
             }
-            parts[np++] = ops::reshape(ctx, ops::embedding_lookup(ctx, emb, ids), shape{n, F * D});
+            parts[np++] = ops::reshape(ctx, ops::embedding_lookup(ctx, emb, ids, b.memory), shape{n, F * D});
         }
         if (pool_sequences)
             for (std::int64_t k = 0; k < layout.num_sequences(); ++k) parts[np++] = pooled(ctx, b, emb, k);
@@ -115,7 +118,8 @@ struct ctr_inputs {
         var<T> acc;
         if (layout.num_sparse() > 0) {
             std::span<const std::int64_t> ids(b.sparse.data, static_cast<std::size_t>(b.sparse.numel()));
-            acc = ops::sum(ctx, ops::reshape(ctx, ops::embedding_lookup(ctx, lin, ids), shape{n, layout.num_sparse()}), 1);
+            acc = ops::sum(ctx, ops::reshape(ctx, ops::embedding_lookup(ctx, lin, ids, b.memory), shape{n, layout.num_sparse()}),
+                           1);
             acc = ops::reshape(ctx, acc, shape{n, 1});
         }
         for (std::int64_t k = 0; k < layout.num_sequences(); ++k) {
@@ -129,7 +133,7 @@ struct ctr_inputs {
 
     template <class Ctx>
     var<T> dense(Ctx& ctx, const batch<T>& b) const {
-        return ctx.input(b.dense);
+        return ctx.input(b.dense, b.memory);
     }
 
     template <class Ctx>

@@ -43,7 +43,7 @@ var<T> model_loss(const M& m, Ctx& ctx, const var<T>& logits, const batch<T>& b)
     if constexpr (requires { m.loss(ctx, logits, b); })
         return m.loss(ctx, logits, b);
     else
-        return loss::bce_with_logits(ctx, logits, ctx.input(b.labels));
+        return loss::bce_with_logits(ctx, logits, ctx.input(b.labels, b.memory));
 }
 
 /// Per-task probabilities from logits [rows, tasks] into out (same size).

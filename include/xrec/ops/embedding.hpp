@@ -136,14 +136,15 @@ const std::int64_t* keep_ids(Ctx& ctx, std::span<const std::int64_t> ids) {
     return p;
 }
 
-/// y[i, :] = table[ids[i], :]. Backward saves the ids (copied to the tape) and appends
-/// (ids[i], dy[i, :]) for every i, in order, to the table's sparse gradient.
+/// y[i, :] = table[ids[i], :]. Backward saves the ids (copied to the tape on the cpu; on
+/// cuda the device copy the gather read, kept in the context's arena until reset) and
+/// appends (ids[i], dy[i, :]) for every i, in order, to the table's sparse gradient.
 template <class Ctx>
 struct lookup_node : tape_node {
     using T = typename Ctx::value_type;
     using B = typename Ctx::backend;
     embedding_table<T, B>* table;
-    const std::int64_t* ids;
+    const std::int64_t* ids;  // in the backend's memory
     std::int64_t n;
     var<T> y;
     static void backward(tape_node* self, void* c) {
@@ -159,27 +160,43 @@ struct lookup_node : tape_node {
 template <class Ctx>
 var<typename Ctx::value_type> embedding_lookup_impl(Ctx& ctx,
                                                     const table_param<typename Ctx::value_type, typename Ctx::backend>& tp,
-                                                    std::span<const std::int64_t> ids, const char* who) {
+                                                    std::span<const std::int64_t> ids, memory_space where,
+                                                    const char* who) {
     using T = typename Ctx::value_type;
     using B = typename Ctx::backend;
     auto& t = tp.table();
     const auto n = static_cast<std::int64_t>(ids.size());
-    for (std::int64_t i = 0; i < n; ++i) {
-        const std::int64_t id = ids[static_cast<std::size_t>(i)];
-        XREC_CHECK(id >= 0 && id < t.rows, who, ": id ", id, " at position ", i, " is outside table '", t.name, "' (",
-                   t.rows, " rows)");
+    const std::int64_t* dev_ids = nullptr;  // where the gather reads them
+    if (where == memory_space::host || backend_memory<B>::host_accessible) {
+        for (std::int64_t i = 0; i < n; ++i) {
+            const std::int64_t id = ids[static_cast<std::size_t>(i)];
+            XREC_CHECK(id >= 0 && id < t.rows, who, ": id ", id, " at position ", i, " is outside table '", t.name,
+                       "' (", t.rows, " rows)");
+        }
+        dev_ids = kernels::upload_ids(B{}, ctx, ids);  // the ids themselves on the cpu
+    } else {
+        // Ids already in device memory: checked there (one small read-back), then copied into
+        // the context's arena, which outlives the caller's batch until reset.
+        if (const std::int64_t i = kernels::first_id_outside(B{}, n, ids.data(), t.rows); i >= 0)
+            XREC_FAIL(who, ": id ", host_value<B>(ids.data() + i), " at position ", i, " is outside table '", t.name,
+                      "' (", t.rows, " rows)");
+        std::int64_t* d = n > 0 ? ctx.template scratch<std::int64_t>(n) : nullptr;
+        if (n > 0) backend_memory<B>::copy_async(d, ids.data(), static_cast<std::size_t>(n) * sizeof(std::int64_t));
+        dev_ids = d;
     }
     const std::int64_t dim = t.dim;
     var<T> y = ctx.make(shape{n, dim}, Ctx::records);
     const std::int64_t min_rows = policy<B>::elementwise_parallel_min / dim + 1;
-    const std::int64_t* dev_ids = kernels::upload_ids(B{}, ctx, ids);  // the ids themselves on the cpu
     parallel_for(ctx.pool(), n, min_rows, [&](std::int64_t b, std::int64_t e, int) {
         kernels::gather_rows(B{}, static_cast<const T*>(t.values.data()), dim, dev_ids + b, e - b, y.data + b * dim);
     });
     if constexpr (Ctx::records) {
         auto& nd = ctx.template record<lookup_node<Ctx>>();
         nd.table = &t;
-        nd.ids = keep_ids(ctx, ids);
+        if constexpr (backend_memory<B>::host_accessible)
+            nd.ids = keep_ids(ctx, ids);
+        else
+            nd.ids = dev_ids;
         nd.n = n;
         nd.y = y;
     }
@@ -221,7 +238,7 @@ struct bag_node : tape_node {
         const T* wv = nd.w.data;
         T* gw = wv ? ctx.grad(nd.w) : nullptr;
         if (nd.mode != pooling::max) {
-            T* rows = t.grad.append(nd.nnz, nd.values);
+            T* rows = t.grad.append(nd.nnz, nd.dev_values);
             kernels::bag_grad_rows(B{}, ctx.pool(), dim, nd.dev_offsets, nd.batch, nd.nnz, gy, wv, nd.mode,
                                    static_cast<const std::int32_t*>(nullptr), static_cast<const std::int64_t*>(nullptr),
                                    rows);
@@ -236,7 +253,8 @@ struct bag_node : tape_node {
             for (std::int64_t i = 0; i < nd.nnz; ++i)
                 if (slot[i] > 0) won_ids[--slot[i]] = nd.values[i];
             if (k == 0) return;  // no element won: every bag is empty, nothing flows back
-            T* rows = t.grad.append(k, won_ids);
+            T* rows = t.grad.append(k, kernels::upload_ids(B{}, ctx, std::span<const std::int64_t>(
+                                                                      won_ids, static_cast<std::size_t>(k))));
             kernels::fill(B{}, k * dim, T(0), rows);
             const std::int64_t* dev_slot =
                 kernels::upload_ids(B{}, ctx, std::span<const std::int64_t>(slot, static_cast<std::size_t>(nd.nnz)));
@@ -303,11 +321,14 @@ var<typename Ctx::value_type> embedding_bag_impl(Ctx& ctx,
 /// y[i, :] = table[ids[i], :]: a [n, dim] gather (with prefetch) from table t. Ids outside
 /// [0, rows) are refused naming the position. Backward appends (ids[i], dy[i, :]) for every
 /// i, in order, to t.table().grad; duplicates stay separate rows (optimizers merge them).
+/// `where`: memory_space::host (the default) for ids in host memory, memory_space::backend for ids
+/// already in the backend's memory (a batch prepared on the device: checked there, nothing
+/// crosses to the host but the check's result).
 template <class Ctx>
 var<typename Ctx::value_type> embedding_lookup(Ctx& ctx,
                                                const table_param<typename Ctx::value_type, typename Ctx::backend>& t,
-                                               std::span<const std::int64_t> ids) {
-    return detail::embedding_lookup_impl(ctx, t, ids, "embedding_lookup");
+                                               std::span<const std::int64_t> ids, memory_space where = memory_space::host) {
+    return detail::embedding_lookup_impl(ctx, t, ids, where, "embedding_lookup");
 }
 
 /// Pooled bags: y[b, :] for bag b = ids.values[ids.begin(b) .. ids.end(b)) is

@@ -227,6 +227,8 @@ public:
         std::vector<metrics::ctr_accumulator> acc;
         std::vector<T> p, y;
         scan(src, [&](const batch<T>& b, const T* prob, std::int64_t rows, std::int64_t tasks) {
+            XREC_CHECK(b.memory == memory_space::host || backend_memory<B>::host_accessible,
+                       "trainer::evaluate: the metrics read labels on the host; pass host batches");
             XREC_CHECK(b.labels.numel() == rows * tasks, "trainer::evaluate: a batch of ", rows, " rows and ", tasks,
                        " tasks has labels ", b.labels.s.str());
             if (acc.empty()) acc.resize(static_cast<std::size_t>(tasks));
@@ -277,9 +279,11 @@ public:
         try {
             var<T> logits = (*model_)(ctx_, b);
             var<T> loss = models::model_loss(*model_, ctx_, logits, b);
-            const double lv = static_cast<double>(host_value<B>(loss.data));
             ++step_;
             ctx_.backward(loss);
+            // Read after backward is queued: on a device the read waits for the whole
+            // backward instead of stalling the queue between forward and backward.
+            const double lv = static_cast<double>(host_value<B>(loss.data));
             if (o_.check_finite) check_gradients(lv, epoch);
             if (o_.clip_grad_norm > 0) optim::clip_grad_norm(*store_, o_.clip_grad_norm);
             if (o_.check_finite) remember_touched_rows();
@@ -408,7 +412,7 @@ private:
             const T* r = t.grad.rows.data();
             if (const std::int64_t k = kernels::first_nonfinite(B{}, t.grad.count() * t.dim, r); k >= 0)
                 XREC_FAIL("trainer: non-finite value at ", where(epoch), ": ", loss_note, "the gradient of table '",
-                          t.name, "' (layer '", layer_of(t.name), "') row ", t.grad.ids[static_cast<std::size_t>(k / t.dim)],
+                          t.name, "' (layer '", layer_of(t.name), "') row ", host_value<B>(t.grad.ids.data() + k / t.dim),
                           " is ", value_str(host_value<B>(r + k)), "; ", untouched());
         }
         XREC_CHECK(std::isfinite(loss), "trainer: non-finite value at ", where(epoch), ": the loss is ",
@@ -418,7 +422,10 @@ private:
     void remember_touched_rows() {
         touched_.resize(static_cast<std::size_t>(store_->table_count()));
         for (std::int64_t ti = 0; ti < store_->table_count(); ++ti)
-            touched_[static_cast<std::size_t>(ti)] = store_->table(ti).grad.ids;
+            if constexpr (backend_memory<B>::host_accessible)
+                touched_[static_cast<std::size_t>(ti)] = store_->table(ti).grad.ids;
+            else
+                touched_[static_cast<std::size_t>(ti)].assign(store_->table(ti).grad.ids);
     }
 
     // Updated values: dense parameters and the touched rows.
@@ -438,7 +445,7 @@ private:
             const std::int64_t k = kernels::first_nonfinite_rows(B{}, t.values.data(), t.dim, ids.data(),
                                                                  static_cast<std::int64_t>(ids.size()));
             if (k >= 0) {
-                const std::int64_t id = ids[static_cast<std::size_t>(k / t.dim)];
+                const std::int64_t id = host_value<B>(ids.data() + k / t.dim);
                 XREC_FAIL("trainer: non-finite value at ", where(epoch), ": table '", t.name, "' (layer '",
                           layer_of(t.name), "') row ", id, " is ", value_str(host_value<B>(t.row(id) + k % t.dim)), note,
                           ck);
@@ -576,7 +583,7 @@ private:
     train_ctx<T, B> ctx_;
     infer_ctx<T, B> ictx_;
     optimizer_set<T, B> opt_;
-    std::vector<std::vector<std::int64_t>> touched_;
+    std::vector<grad_ids<B>> touched_;  // the rows the last update touched (check_values)
     std::vector<T> prob_, logits_host_;
     std::int64_t step_ = 0, tasks_ = 0;
 };
