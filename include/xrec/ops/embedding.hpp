@@ -211,15 +211,14 @@ var<typename Ctx::value_type> embedding_lookup_impl(Ctx& ctx,
 ///    s_b = 1 (sum) or 1/|b| (mean); dw_i += s_b <dy[b, :], table[ids_i, :]>.
 ///  - max: appends one row for every position that is the argmax of at least one element
 ///    of its bag, in position order, holding w_i dy[b, d] in the elements it won and zeros
-///    elsewhere; dw_i += sum over won elements d of dy[b, d] table[ids_i, d]. Numbering the
-///    winners needs them on the host (the sparse gradient's ids are host memory): on cuda
-///    the backward waits once for a byte per position.
+///    elsewhere; dw_i += sum over won elements d of dy[b, d] table[ids_i, d]. The winners
+///    are numbered on the host: on cuda the backward waits once for a byte per position.
 template <class Ctx>
 struct bag_node : tape_node {
     using T = typename Ctx::value_type;
     using B = typename Ctx::backend;
     embedding_table<T, B>* table;
-    const std::int64_t* values;       // host (tape) copies: the sparse gradient's ids
+    const std::int64_t* values;       // host (tape) copies (max numbers its winners with them)
     const std::int64_t* offsets;
     const std::int64_t* dev_values;   // where the kernels read them (== values on the cpu)
     const std::int64_t* dev_offsets;
@@ -321,8 +320,8 @@ var<typename Ctx::value_type> embedding_bag_impl(Ctx& ctx,
 /// y[i, :] = table[ids[i], :]: a [n, dim] gather (with prefetch) from table t. Ids outside
 /// [0, rows) are refused naming the position. Backward appends (ids[i], dy[i, :]) for every
 /// i, in order, to t.table().grad; duplicates stay separate rows (optimizers merge them).
-/// `where`: memory_space::host (the default) for ids in host memory, memory_space::backend for ids
-/// already in the backend's memory (a batch prepared on the device: checked there, nothing
+/// `where`: memory_space::host (the default) for ids in host memory, memory_space::backend
+/// for ids already in the backend's memory (a batch prepared on the device: checked there, nothing
 /// crosses to the host but the check's result).
 template <class Ctx>
 var<typename Ctx::value_type> embedding_lookup(Ctx& ctx,
