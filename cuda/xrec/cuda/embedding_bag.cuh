@@ -767,8 +767,9 @@ inline int sm_count() {
 }
 
 // keys[i] = ids[i] as 32-bit, vals[i] = i: every gradient row its own bag.
-__global__ inline void row_positions_kernel(const std::int64_t* __restrict__ ids, std::int64_t n,
-                                            std::uint32_t* __restrict__ keys, std::int32_t* __restrict__ vals) {
+template <class I>
+__global__ void row_positions_kernel(const I* __restrict__ ids, std::int64_t n, std::uint32_t* __restrict__ keys,
+                                     std::int32_t* __restrict__ vals) {
     for (std::int64_t i = first_index(); i < n; i += grid_stride()) {
         keys[i] = static_cast<std::uint32_t>(ids[i]);
         vals[i] = static_cast<std::int32_t>(i);
@@ -889,7 +890,7 @@ void sparse_rows_adagrad(cuda tag, T* table, T* accum, std::int64_t rows, std::i
     const cudaStream_t s = device::stream_of(tag);
     cuda_detail::bag_step_scratch sc{};
     cuda_detail::carve<P, T>(static_cast<char*>(ws), n, rows, dim, sc);
-    cuda_detail::row_positions_kernel<<<cuda_detail::blocks_for(n), cuda_detail::threads, 0, s>>>(ids, n, sc.keys_in,
+    cuda_detail::row_positions_kernel<std::int64_t><<<cuda_detail::blocks_for(n), cuda_detail::threads, 0, s>>>(ids, n, sc.keys_in,
                                                                                                  sc.vals_in);
     XREC_CUDA_CHECK(cudaGetLastError());
     cuda_detail::sort_runs<P>(s, sc, n, rows);

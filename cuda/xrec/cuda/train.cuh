@@ -122,8 +122,8 @@ __global__ void first_nonfinite_kernel(std::int64_t n, const T* x, unsigned long
         atomicMin(best, part[0]);
 }
 // Smallest position i < n with ids[i] outside [0, rows), folded into *best like the above.
-__global__ inline void first_id_outside_kernel(std::int64_t n, const std::int64_t* ids, std::int64_t rows,
-                                               unsigned long long* best) {
+template <class I>
+__global__ void first_id_outside_kernel(std::int64_t n, const I* ids, std::int64_t rows, unsigned long long* best) {
     __shared__ unsigned long long part[threads];
     unsigned long long m = ~0ull;
     for (std::int64_t i = first_index(); i < n; i += grid_stride())
@@ -262,10 +262,13 @@ inline unsigned long long* scan_result() {
     return h.p;
 }
 // Starts a scan: the result word reset on the stream (a 64-bit store of all ones).
-__global__ inline void reset_result_kernel(unsigned long long* best) { *best = ~0ull; }
+template <class U>
+__global__ void reset_result_kernel(U* best) {
+    *best = ~U{0};
+}
 inline unsigned long long* begin_scan(cudaStream_t s) {
     unsigned long long* b = scan_result();
-    reset_result_kernel<<<1, 1, 0, s>>>(b);
+    reset_result_kernel<unsigned long long><<<1, 1, 0, s>>>(b);
     check_launch();
     return b;
 }
@@ -345,7 +348,7 @@ inline std::int64_t first_id_outside(cuda tag, std::int64_t n, const std::int64_
         return -1;
     const cudaStream_t s = device::stream_of(tag);
     unsigned long long* b = cuda_detail::begin_scan(s);
-    cuda_detail::first_id_outside_kernel<<<cuda_detail::blocks_for(n), cuda_detail::threads, 0, s>>>(n, ids, rows, b);
+    cuda_detail::first_id_outside_kernel<std::int64_t><<<cuda_detail::blocks_for(n), cuda_detail::threads, 0, s>>>(n, ids, rows, b);
     cuda_detail::check_launch();
     return cuda_detail::read_first(b, s);
 }
