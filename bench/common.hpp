@@ -66,6 +66,7 @@ void register_dropout();
 void register_gemm();
 void register_top_k();
 void register_sasrec();
+void register_deepfm();
 
 /// n standard-normal values from a fixed seed (inputs of the dense cases).
 inline std::vector<T> random_input(std::int64_t n, std::uint64_t seed) {

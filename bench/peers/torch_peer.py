@@ -177,6 +177,9 @@ def make_case(name, train_threads):
     if kind in SASREC_KINDS:
         return sasrec_case(kind, args, threads)
 
+    if kind in ("deepfm_infer", "deepfm_train"):
+        return deepfm_case(kind, args, threads)
+
     raise ValueError(f"unknown case kind '{kind}'")
 
 
@@ -341,6 +344,77 @@ def interaction_case(kind, args, train, threads):
             p.grad = None
         x.grad = None
         fwd(x).backward(ones)
+
+    return step, threads, False
+
+
+# The performance issue's headline DeepFM (bench/deepfm.cpp): 26 fields of 100,000 rows, one
+# embedding table over the global ids (offsets per field), embedding 16, 13 dense, MLP
+# 400-400-400, output 1. Inference: forward under inference_mode; training: zero_grad,
+# forward, BCE with logits, backward, SparseAdam on the tables and Adam on the rest.
+DEEPFM_F, DEEPFM_ROWS, DEEPFM_D, DEEPFM_DENSE = 26, 100_000, 16, 13
+
+
+class deepfm_module(nn.Module):
+    def __init__(self):
+        super().__init__()
+        F, R, D = DEEPFM_F, DEEPFM_ROWS, DEEPFM_D
+        self.emb = nn.Embedding(F * R, D, sparse=True)
+        self.lin = nn.Embedding(F * R, 1, sparse=True)
+        with torch.no_grad():
+            self.emb.weight.normal_(0, 0.01)
+        self.register_buffer("off", torch.arange(F) * R)
+        self.dense_linear = nn.Linear(DEEPFM_DENSE, 1)
+        self.dnn = mlp([F * D + DEEPFM_DENSE, 400, 400, 400])
+        self.dnn_act = nn.ReLU()
+        self.dnn_linear = nn.Linear(400, 1, bias=False)
+
+    def forward(self, ids, dense):
+        g = ids + self.off
+        e = self.emb(g)
+        first = self.lin(g).sum(1) + self.dense_linear(dense)
+        s = e.sum(1)
+        fm = 0.5 * (s * s - (e * e).sum(1)).sum(1, keepdim=True)
+        h = self.dnn_act(self.dnn(torch.cat([e.flatten(1), dense], 1)))
+        return first + fm + self.dnn_linear(h)
+
+
+def deepfm_case(kind, args, threads):
+    m = re.fullmatch(r"b(\d+)", args)
+    if not m:
+        raise ValueError(f"bad deepfm case arguments '{args}'")
+    b = int(m.group(1))
+    net = deepfm_module()
+
+    def batch():
+        return (torch.randint(0, DEEPFM_ROWS, (b, DEEPFM_F)), torch.rand(b, DEEPFM_DENSE),
+                (torch.rand(b, 1) < 0.25).float())
+
+    if kind == "deepfm_infer":
+        net.requires_grad_(False)
+        ids, x, _ = batch()
+
+        def step():
+            return net(ids, x)
+
+        return step, threads, True
+    sparse = [net.emb.weight, net.lin.weight]
+    dense = [p for n, p in net.named_parameters() if not n.startswith(("emb.", "lin."))]
+    o1, o2 = torch.optim.SparseAdam(sparse, lr=1e-3), torch.optim.Adam(dense, lr=1e-3)
+    lossf = nn.BCEWithLogitsLoss()
+    bs = [batch() for _ in range(4)]
+    it = [0]
+
+    def step():
+        ids, x, y = bs[it[0] % 4]
+        it[0] += 1
+        o1.zero_grad(set_to_none=True)
+        o2.zero_grad(set_to_none=True)
+        loss = lossf(net(ids, x), y)
+        loss.backward()
+        o1.step()
+        o2.step()
+        return loss.item()
 
     return step, threads, False
 
