@@ -4,11 +4,13 @@
 // ids, thread-count independence, lazy updates, state round trips, clipping, schedules.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <numeric>
 #include <string>
 #include <vector>
 
@@ -368,6 +370,46 @@ TEST_CASE("optim: coalesce sums duplicates in emission order, ids ascending") {
     const std::int64_t bad = 5;
     t.grad.append(1, &bad);
     CHECK_THROWS_WITH_AS(optim::coalesce(t, scratch), doctest::Contains("'emb'"), xrec::error);
+}
+
+TEST_CASE("optim: coalesce over ids wider than one radix pass equals a stable sort by id") {
+    // 5 million rows: ids of 23 bits, three 11-bit passes; duplicates in every bucket.
+    param_store<float, B> s;
+    auto& t = s.add_table("wide", 5'000'000, 1, init::zeros()).table();
+    std::vector<std::int64_t> ids;
+    std::vector<float> rows;
+    std::uint64_t x = 12345;
+    for (int i = 0; i < 5000; ++i) {
+        x = x * 6364136223846793005ULL + 1442695040888963407ULL;
+        const std::int64_t base[] = {0, 2047, 2048, 4'194'303, 4'194'304, 4'999'999};
+        ids.push_back(i % 3 == 0 ? base[(x >> 33) % 6] : static_cast<std::int64_t>((x >> 20) % 5'000'000));
+        rows.push_back(static_cast<float>(i % 97) - 48.f);
+    }
+    std::copy(rows.begin(), rows.end(), t.grad.append(static_cast<std::int64_t>(ids.size()), ids.data()));
+    // The reference: positions stably sorted by id, each id's rows summed in that order.
+    std::vector<std::int64_t> perm(ids.size());
+    std::iota(perm.begin(), perm.end(), std::int64_t{0});
+    std::stable_sort(perm.begin(), perm.end(), [&](std::int64_t a, std::int64_t b) {
+        return ids[static_cast<std::size_t>(a)] < ids[static_cast<std::size_t>(b)];
+    });
+    std::vector<std::int64_t> want_ids;
+    std::vector<float> want_rows;
+    for (auto p : perm) {
+        const auto id = ids[static_cast<std::size_t>(p)];
+        if (want_ids.empty() || want_ids.back() != id) {
+            want_ids.push_back(id);
+            want_rows.push_back(rows[static_cast<std::size_t>(p)]);
+        } else {
+            want_rows.back() += rows[static_cast<std::size_t>(p)];
+        }
+    }
+    optim::coalesce_scratch<float, B> scratch;
+    optim::coalesce(t, scratch);
+    REQUIRE(t.grad.count() == static_cast<std::int64_t>(want_ids.size()));
+    CHECK(t.grad.ids == want_ids);
+    bool same = true;
+    for (std::size_t i = 0; i < want_rows.size(); ++i) same = same && t.grad.rows[static_cast<std::int64_t>(i)] == want_rows[i];
+    CHECK(same);
 }
 
 namespace {

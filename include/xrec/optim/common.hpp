@@ -2,6 +2,8 @@
 // What every optimizer needs: the step counter kept as checkpointable state, the one
 // vectorised loop of dense optimizers, and the deterministic merge of sparse gradients.
 #include <algorithm>
+#include <atomic>
+#include <cmath>
 #include <cstdint>
 #include <numeric>
 #include <string>
@@ -124,6 +126,10 @@ struct coalesce_scratch {
     std::vector<std::int64_t> perm, ids, starts;
     buffer<T, B> rows;
     buffer<std::int64_t, B> work, dev_ids;
+    /// Filled by the cpu update loop (detail::for_each_touched_row): per table, the smallest
+    /// row id that the last step updated to a value that is NaN or infinite, else -1. Empty
+    /// where no update loop checks (a device's fused update).
+    std::vector<std::int64_t> nonfinite_row;
 };
 
 }  // namespace xrec::optim
@@ -148,10 +154,32 @@ void coalesce_rows(cpu<A>, embedding_table<T, cpu<A>>& t, optim::coalesce_scratc
     }
     if (sorted_unique) return;
 
+    // A stable LSD radix sort of the positions by id, 11 bits a pass over the bits the ids
+    // use (ids < rows), ping-ponging between perm and ids: the same order as a stable
+    // comparison sort, in 2 or 3 linear passes (std::stable_sort took ~8 ms of a 4,096-row
+    // DeepFM step here, serial).
     s.perm.resize(static_cast<std::size_t>(n));
     std::iota(s.perm.begin(), s.perm.end(), std::int64_t{0});
-    std::stable_sort(s.perm.begin(), s.perm.end(),
-                     [&](std::int64_t a, std::int64_t b) { return g.ids[static_cast<std::size_t>(a)] < g.ids[static_cast<std::size_t>(b)]; });
+    s.ids.resize(static_cast<std::size_t>(n));
+    int bits = 1;
+    while (bits < 63 && (std::int64_t{1} << bits) < t.rows) ++bits;
+    constexpr int digit = 11;
+    std::vector<std::int64_t>* from = &s.perm;
+    std::vector<std::int64_t>* to = &s.ids;
+    for (int shift = 0; shift < bits; shift += digit) {
+        std::int64_t count[(1 << digit) + 1] = {};
+        const auto key = [&](std::int64_t pos) {
+            return static_cast<std::size_t>((g.ids[static_cast<std::size_t>(pos)] >> shift) & ((1 << digit) - 1));
+        };
+        for (std::int64_t k = 0; k < n; ++k) ++count[key((*from)[static_cast<std::size_t>(k)]) + 1];
+        for (int d = 0; d < (1 << digit); ++d) count[d + 1] += count[d];
+        for (std::int64_t k = 0; k < n; ++k) {
+            const std::int64_t pos = (*from)[static_cast<std::size_t>(k)];
+            (*to)[static_cast<std::size_t>(count[key(pos)]++)] = pos;
+        }
+        std::swap(from, to);
+    }
+    if (from != &s.perm) s.perm.swap(s.ids);
     s.ids.clear();
     s.starts.clear();
     for (std::int64_t k = 0; k < n; ++k) {
@@ -208,17 +236,35 @@ namespace detail {
 /// count), then clear the gradient.
 template <class T, class B, class F>
 void for_each_touched_row(param_store<T, B>& store, coalesce_scratch<T, B>& scratch, thread_pool* pool, F&& f) {
+    scratch.nonfinite_row.assign(static_cast<std::size_t>(store.table_count()), -1);
     for (std::int64_t ti = 0; ti < store.table_count(); ++ti) {
         auto& t = store.table(ti);
         coalesce(t, scratch, pool);
         const std::int64_t u = t.grad.count();
         const T* grows = t.grad.rows.data();
+        // Each updated row is checked while it is in cache (the trainer's NaN/Inf check of
+        // the touched rows would read them all again, at random: ~10% of a DeepFM step). The
+        // smallest merged index wins, so the answer does not depend on the threads.
+        std::atomic<std::int64_t> first_bad{u};
         parallel_for(pool, u, 512, [&](std::int64_t u0, std::int64_t u1, int) {
+            std::int64_t bad = u;
             for (std::int64_t j = u0; j < u1; ++j) {
                 const std::int64_t id = t.grad.ids[static_cast<std::size_t>(j)];
-                f(ti, t, id, t.row(id), grows + j * t.dim);
+                T* w = t.row(id);
+                f(ti, t, id, w, grows + j * t.dim);
+                if (bad == u)
+                    for (std::int64_t d = 0; d < t.dim; ++d)
+                        if (!std::isfinite(w[d])) {
+                            bad = j;
+                            break;
+                        }
+            }
+            std::int64_t cur = first_bad.load();
+            while (bad < cur && !first_bad.compare_exchange_weak(cur, bad)) {
             }
         });
+        if (const std::int64_t j = first_bad.load(); j < u)
+            scratch.nonfinite_row[static_cast<std::size_t>(ti)] = t.grad.ids[static_cast<std::size_t>(j)];
         t.grad.clear();
     }
 }
@@ -240,6 +286,12 @@ public:
     /// row is updated by exactly one thread, so the result does not depend on it.
     void set_pool(thread_pool* pool) noexcept { pool_ = pool; }
     std::int64_t steps() const { return step_.get(); }
+    /// Per table, the smallest row id the last step updated to a NaN or infinite value (-1:
+    /// none), when the update loop checked its rows (the cpu's); null when it did not.
+    const std::vector<std::int64_t>* checked_rows() const noexcept {
+        if (scratch_.nonfinite_row.size() != static_cast<std::size_t>(store_->table_count())) return nullptr;
+        return &scratch_.nonfinite_row;
+    }
 
 protected:
     explicit sparse_base(param_store<T, B>& store) : store_(&store) {}
