@@ -97,8 +97,11 @@ case_cost deepfm_cost(std::int64_t batch, bool train, int threads) {
     c.threads = threads;
     c.flops = (train ? 3 : 1) * 2 * mac * b + 4 * b * static_cast<double>(fields * dim);
     c.bytes = gathered * (train ? 3 : 1) + sizeof(T) * params * (train ? 4 : 1);
-    c.ws_bytes = sizeof(T) * static_cast<double>(fields * rows_per_field * (dim + 1)) * (train ? 3 : 1) +
-                 sizeof(T) * params;
+    // The working set whose read bandwidth bounds the step: inference streams the weights
+    // (the roofline: about 2 MB at batch 1, from wherever a buffer that size lives)
+    // plus the rows it gathers; training ranges over the whole tables and their state.
+    c.ws_bytes = train ? sizeof(T) * static_cast<double>(fields * rows_per_field * (dim + 1)) * 3 + sizeof(T) * params
+                       : sizeof(T) * params + gathered;
     return c;
 }
 
