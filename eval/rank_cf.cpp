@@ -58,6 +58,8 @@
 #include "xrec/train/cf_trainer.hpp"
 #include "xrec/train/ranking_eval.hpp"
 
+#include "common.hpp"
+
 namespace {
 
 namespace fs = std::filesystem;
@@ -71,37 +73,10 @@ using T = float;
 #endif
 using B = cpu<>;
 
-struct args {
-    std::map<std::string, std::string> kv;
-    std::string get(const std::string& k, const std::string& d) const {
-        auto it = kv.find(k);
-        return it == kv.end() ? d : it->second;
-    }
-    long num(const std::string& k, long d) const { return std::stol(get(k, std::to_string(d))); }
-};
-
-std::vector<std::string> split_list(const std::string& s) {
-    std::vector<std::string> out;
-    std::stringstream ss(s);
-    for (std::string x; std::getline(ss, x, ',');)
-        if (!x.empty()) out.push_back(x);
-    return out;
-}
-
-struct mean_se {
-    double mean = 0, se = 0;
-};
-mean_se summarize(const std::vector<double>& v) {
-    mean_se r;
-    if (v.empty()) return r;
-    r.mean = std::accumulate(v.begin(), v.end(), 0.0) / static_cast<double>(v.size());
-    if (v.size() > 1) {
-        double ss = 0;
-        for (double x : v) ss += (x - r.mean) * (x - r.mean);
-        r.se = std::sqrt(ss / static_cast<double>(v.size() - 1) / static_cast<double>(v.size()));
-    }
-    return r;
-}
+using xrec_eval::args;
+using xrec_eval::mean_se;
+using xrec_eval::split_list;
+using xrec_eval::summarize;
 
 std::string default_data_dir() {
     if (const char* e = std::getenv("XREC_DATA_DIR")) return e;
@@ -404,11 +379,7 @@ private:
 int main(int argc, char** argv) {
     try {
         args a;
-        for (int i = 1; i + 1 < argc; i += 2) {
-            std::string k = argv[i];
-            XREC_CHECK(k.rfind("--", 0) == 0, "rank_cf: expected --key value, got '", k, "'");
-            a.kv[k.substr(2)] = argv[i + 1];
-        }
+        if (!a.parse(argc, argv, 1, "rank_cf")) return 2;
         const fs::path dir = fs::path(a.get("data", default_data_dir())) / "ml-100k";
         const auto models = split_list(a.get("models", "pop,itemknn,mf,gmf,ncf_mlp,neumf,neumf_pre,two_tower"));
         const long seeds = a.num("seeds", 5), seed0 = a.num("seed0", 1);

@@ -38,43 +38,13 @@
 #include "xrec/train/trainer.hpp"
 #include "xrec/version.hpp"
 
+#include "common.hpp"
+
 namespace xrec_eval {
 namespace {
 
 namespace fs = std::filesystem;
 using dataset = xrec::data::ctr_dataset<T>;
-
-struct args {
-    std::map<std::string, std::string> kv;
-    std::string get(const std::string& k, const std::string& d) const {
-        auto it = kv.find(k);
-        return it == kv.end() ? d : it->second;
-    }
-    long num(const std::string& k, long d) const { return std::stol(get(k, std::to_string(d))); }
-};
-
-std::vector<std::string> split_list(const std::string& s) {
-    std::vector<std::string> out;
-    std::stringstream ss(s);
-    for (std::string x; std::getline(ss, x, ',');)
-        if (!x.empty()) out.push_back(x);
-    return out;
-}
-
-struct mean_se {
-    double mean = 0, se = 0;
-};
-mean_se summarize(const std::vector<double>& v) {
-    mean_se r;
-    if (v.empty()) return r;
-    r.mean = std::accumulate(v.begin(), v.end(), 0.0) / static_cast<double>(v.size());
-    if (v.size() > 1) {
-        double ss = 0;
-        for (double x : v) ss += (x - r.mean) * (x - r.mean);
-        r.se = std::sqrt(ss / static_cast<double>(v.size() - 1) / static_cast<double>(v.size()));
-    }
-    return r;
-}
 
 // ---------------------------------------------------------------------------------------
 // Data
@@ -479,14 +449,7 @@ int main(int argc, char** argv) {
         return 2;
     }
     args a;
-    for (int i = 2; i + 1 < argc; i += 2) {
-        std::string k = argv[i];
-        if (k.rfind("--", 0) != 0) {
-            std::fprintf(stderr, "bad argument '%s'\n", argv[i]);
-            return 2;
-        }
-        a.kv[k.substr(2)] = argv[i + 1];
-    }
+    if (!a.parse(argc, argv, 2, "xrec_eval")) return 2;
     try {
         const std::string cmd = argv[1];
         if (cmd == "criteo") return cmd_criteo(a);
