@@ -129,7 +129,9 @@ def limit_names(all_names, cases_counters, threads):
     want |= {n for n, (b, t) in bw.items() if b == GIB and t in (1, threads)}
     per_case = {}
     for case, c in cases_counters.items():
-        ws, t = c["ws_bytes"], int(c["nthreads"])
+        if "ws_bytes" not in c:  # a case registered without a cost model (the gemm/ sweeps)
+            continue
+        ws, t = c["ws_bytes"], int(c.get("nthreads", 1))
         cands = [(abs(b - ws), n) for n, (b, tt) in bw.items() if tt == t]
         if cands:
             per_case[case] = min(cands)[1]
