@@ -13,7 +13,7 @@
 #include "xrec/core/param_store.hpp"
 #include "xrec/core/var.hpp"
 #include "xrec/layers/gru.hpp"
-#include "xrec/models/seqrec_ops.hpp"
+#include "xrec/ops/rows.hpp"
 #include "xrec/ops/basic.hpp"
 #include "xrec/ops/dropout.hpp"
 
@@ -93,14 +93,14 @@ struct gru4rec {
         const auto nb = static_cast<std::int64_t>(items.size());
         XREC_CHECK(nb > 0, "gru4rec '", options.name, "': step needs at least one session");
         const var<T> table = options.embedding > 0 ? ctx.param(item_emb) : ctx.param(out_emb);
-        const var<T> x = ops::dropout(ctx, seqrec::gather_rows(ctx, table, items), options.dropout_embed);
+        const var<T> x = ops::dropout(ctx, ops::gather_rows(ctx, table, items), options.dropout_embed);
         const var<T> hn = gru.step(ctx, x, h);
         const std::int64_t H = options.hidden, L = options.layers;
         var<T> top = ops::reshape(ctx, hn, shape{L * nb, H});
         if (L > 1) {
             auto* idx = ctx.template scratch<std::int64_t>(nb);
             for (std::int64_t b = 0; b < nb; ++b) idx[b] = (L - 1) * nb + b;
-            top = seqrec::gather_rows(ctx, top, std::span<const std::int64_t>(idx, static_cast<std::size_t>(nb)));
+            top = ops::gather_rows(ctx, top, std::span<const std::int64_t>(idx, static_cast<std::size_t>(nb)));
         }
         return {hn, ops::dropout(ctx, top, options.dropout_hidden)};
     }
@@ -109,8 +109,8 @@ struct gru4rec {
     template <class Ctx>
     var<T> scores(Ctx& ctx, const var<T>& out, std::span<const std::int64_t> candidates) const {
         check_ctx<Ctx>();
-        const var<T> w = seqrec::gather_rows(ctx, ctx.param(out_emb), candidates);
-        const var<T> b = seqrec::gather_rows(ctx, ops::reshape(ctx, ctx.param(out_bias), shape{options.n_items, 1}),
+        const var<T> w = ops::gather_rows(ctx, ctx.param(out_emb), candidates);
+        const var<T> b = ops::gather_rows(ctx, ops::reshape(ctx, ctx.param(out_bias), shape{options.n_items, 1}),
                                              candidates);
         return ops::linear(ctx, out, w, ops::reshape(ctx, b, shape{b.s[0]}));
     }

@@ -16,7 +16,7 @@
 #include "xrec/layers/transformer_block.hpp"
 #include "xrec/loss/bce.hpp"
 #include "xrec/loss/softmax_cross_entropy.hpp"
-#include "xrec/models/seqrec_ops.hpp"
+#include "xrec/ops/rows.hpp"
 #include "xrec/ops/attention.hpp"
 #include "xrec/ops/basic.hpp"
 #include "xrec/ops/dropout.hpp"
@@ -126,7 +126,7 @@ struct sasrec {
         const std::int64_t nb = h.s[0], w = h.s[1];
         auto* last = ctx.template scratch<std::int64_t>(nb);
         for (std::int64_t b = 0; b < nb; ++b) last[b] = b * w + w - 1;
-        return seqrec::gather_rows(ctx, ops::reshape(ctx, h, shape{nb * w, options.dim}),
+        return ops::gather_rows(ctx, ops::reshape(ctx, h, shape{nb * w, options.dim}),
                                    std::span<const std::int64_t>(last, static_cast<std::size_t>(nb)));
     }
 
@@ -156,8 +156,8 @@ struct sasrec {
             }
         const auto n = static_cast<std::size_t>(m);
         const var<T> e = ctx.param(item_emb);
-        const var<T> lp = seqrec::row_dot(ctx, hv, seqrec::gather_rows(ctx, e, std::span<const std::int64_t>(pos, n)));
-        const var<T> ln = seqrec::row_dot(ctx, hv, seqrec::gather_rows(ctx, e, std::span<const std::int64_t>(neg, n)));
+        const var<T> lp = ops::row_dot(ctx, hv, ops::gather_rows(ctx, e, std::span<const std::int64_t>(pos, n)));
+        const var<T> ln = ops::row_dot(ctx, hv, ops::gather_rows(ctx, e, std::span<const std::int64_t>(neg, n)));
         T* ones = ctx.template scratch<T>(m);
         T* zeros = ctx.template scratch<T>(m);
         for (std::int64_t i = 0; i < m; ++i) {
@@ -250,7 +250,7 @@ private:
         for (std::int64_t b = 0; b < nb; ++b)
             for (std::int64_t t = 0; t < w; ++t) win[b * w + t] = ids[static_cast<std::size_t>(b * L + first + t)];
         const std::span<const std::int64_t> wids(win, static_cast<std::size_t>(nb * w));
-        var<T> x = seqrec::gather_rows(ctx, ctx.param(item_emb), wids, static_cast<T>(std::sqrt(static_cast<double>(D))));
+        var<T> x = ops::gather_rows(ctx, ctx.param(item_emb), wids, static_cast<T>(std::sqrt(static_cast<double>(D))));
         const var<T> p = ctx.param(pos_emb.weight);
         var<T> pw;
         if constexpr (Ctx::records)
@@ -297,7 +297,7 @@ private:
             XREC_CHECK(targets[i] < 0 || ids[i] >= 0, "sasrec '", options.name, "': target ", targets[i], " at position ",
                        i, " has no input item (id -1)");
         }
-        return seqrec::gather_rows(ctx, ops::reshape(ctx, h, shape{nb * w, options.dim}),
+        return ops::gather_rows(ctx, ops::reshape(ctx, h, shape{nb * w, options.dim}),
                                    std::span<const std::int64_t>(idx, static_cast<std::size_t>(m)));
     }
 };

@@ -1,13 +1,14 @@
 #pragma once
-// Two small ops the sequential recommenders (sasrec, gru4rec) are built from: a row gather
-// from a dense var (item embeddings kept dense because full-softmax training touches every
-// row) and a row-wise dot product (the score of one sequence state against one item).
+// Two row ops on dense vars: a row gather by index (what the sequential recommenders sasrec
+// and gru4rec read their item embeddings with, kept dense because full-softmax training
+// touches every row) and a row-wise dot product (the score of one sequence state against one
+// item). They lived in models/ as seqrec_ops.hpp; they are ops, and any model may use them.
 #include <cstdint>
 #include <span>
 
 #include "xrec/ops/common.hpp"
 
-namespace xrec::models::seqrec {
+namespace xrec::ops {
 
 namespace detail {
 
@@ -24,7 +25,7 @@ struct gather_node : tape_node {
     T scale;
     static void backward(tape_node* self, void* c) {
         auto& nd = *static_cast<gather_node*>(self);
-        auto& ctx = ops::ctx_of<Ctx>(c);
+        auto& ctx = ctx_of<Ctx>(c);
         const T* gy = nd.y.g->grad;
         T* gx = ctx.grad(nd.x);
         if (!gy || !gx) return;
@@ -42,7 +43,7 @@ struct row_dot_node : tape_node {
     var<T> a, b, y;
     static void backward(tape_node* self, void* c) {
         auto& nd = *static_cast<row_dot_node*>(self);
-        auto& ctx = ops::ctx_of<Ctx>(c);
+        auto& ctx = ctx_of<Ctx>(c);
         const T* gy = nd.y.g->grad;
         if (!gy) return;
         const std::int64_t n = nd.a.rows(), d = nd.a.cols();
@@ -115,4 +116,4 @@ var<T> row_dot(Ctx& ctx, const var<T>& a, const var<T>& b) {
     return y;
 }
 
-}  // namespace xrec::models::seqrec
+}  // namespace xrec::ops
