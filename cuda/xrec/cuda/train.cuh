@@ -103,14 +103,10 @@ __global__ void reduce_axis_bwd_kernel(std::int64_t o0, std::int64_t no, std::in
     }
 }
 
-// Smallest index i < n with x[i] NaN or infinite, folded into *best by an integer atomicMin.
-template <class T>
-__global__ void first_nonfinite_kernel(std::int64_t n, const T* x, unsigned long long* best) {
+// The block's smallest candidate index m (~0: none), by a shared-memory tree, folded into
+// *best with one integer atomicMin per block: the scans below share it.
+__device__ inline void fold_first(unsigned long long m, unsigned long long* best) {
     __shared__ unsigned long long part[threads];
-    unsigned long long m = ~0ull;
-    for (std::int64_t i = first_index(); i < n; i += grid_stride())
-        if (!isfinite(x[i]) && static_cast<unsigned long long>(i) < m)
-            m = static_cast<unsigned long long>(i);
     part[threadIdx.x] = m;
     __syncthreads();
     for (unsigned half = blockDim.x / 2; half > 0; half /= 2) {
@@ -121,44 +117,36 @@ __global__ void first_nonfinite_kernel(std::int64_t n, const T* x, unsigned long
     if (threadIdx.x == 0 && part[0] != ~0ull)
         atomicMin(best, part[0]);
 }
+
+// Smallest index i < n with x[i] NaN or infinite, folded into *best by an integer atomicMin.
+template <class T>
+__global__ void first_nonfinite_kernel(std::int64_t n, const T* x, unsigned long long* best) {
+    unsigned long long m = ~0ull;
+    for (std::int64_t i = first_index(); i < n; i += grid_stride())
+        if (!isfinite(x[i]) && static_cast<unsigned long long>(i) < m)
+            m = static_cast<unsigned long long>(i);
+    fold_first(m, best);
+}
 // Smallest position i < n with ids[i] outside [0, rows), folded into *best like the above.
 template <class I>
 __global__ void first_id_outside_kernel(std::int64_t n, const I* ids, std::int64_t rows, unsigned long long* best) {
-    __shared__ unsigned long long part[threads];
     unsigned long long m = ~0ull;
     for (std::int64_t i = first_index(); i < n; i += grid_stride())
         if ((ids[i] < 0 || ids[i] >= rows) && static_cast<unsigned long long>(i) < m)
             m = static_cast<unsigned long long>(i);
-    part[threadIdx.x] = m;
-    __syncthreads();
-    for (unsigned half = blockDim.x / 2; half > 0; half /= 2) {
-        if (threadIdx.x < half && part[threadIdx.x + half] < part[threadIdx.x])
-            part[threadIdx.x] = part[threadIdx.x + half];
-        __syncthreads();
-    }
-    if (threadIdx.x == 0 && part[0] != ~0ull)
-        atomicMin(best, part[0]);
+    fold_first(m, best);
 }
 // The same over rows table[ids[k], :] of width dim, indexed k * dim + d.
 template <class T>
 __global__ void first_nonfinite_rows_kernel(const T* table, std::int64_t dim, const std::int64_t* ids, std::int64_t n,
                                             unsigned long long* best) {
-    __shared__ unsigned long long part[threads];
     unsigned long long m = ~0ull;
     for (std::int64_t i = first_index(); i < n * dim; i += grid_stride()) {
         const std::int64_t k = i / dim, d = i - k * dim;
         if (!isfinite(table[ids[k] * dim + d]) && static_cast<unsigned long long>(i) < m)
             m = static_cast<unsigned long long>(i);
     }
-    part[threadIdx.x] = m;
-    __syncthreads();
-    for (unsigned half = blockDim.x / 2; half > 0; half /= 2) {
-        if (threadIdx.x < half && part[threadIdx.x + half] < part[threadIdx.x])
-            part[threadIdx.x] = part[threadIdx.x + half];
-        __syncthreads();
-    }
-    if (threadIdx.x == 0 && part[0] != ~0ull)
-        atomicMin(best, part[0]);
+    fold_first(m, best);
 }
 
 // BCE forward in one block: each thread sums its strided elements in double, then a fixed

@@ -89,6 +89,14 @@ private:
     bool stop_ = false;
 };
 
+/// a = min(a, v), atomically: how parallel scans keep the first index any thread found, so
+/// the answer does not depend on the threads.
+inline void fetch_min(std::atomic<std::int64_t>& a, std::int64_t v) {
+    std::int64_t cur = a.load();
+    while (v < cur && !a.compare_exchange_weak(cur, v)) {
+    }
+}
+
 /// The static chunk [begin, end) of `n` items that thread t of `threads` owns.
 inline void static_chunk(std::int64_t n, int t, int threads, std::int64_t& begin, std::int64_t& end) {
     const std::int64_t q = n / threads, r = n % threads;

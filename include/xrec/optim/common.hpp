@@ -259,9 +259,7 @@ void for_each_touched_row(param_store<T, B>& store, coalesce_scratch<T, B>& scra
                             break;
                         }
             }
-            std::int64_t cur = first_bad.load();
-            while (bad < cur && !first_bad.compare_exchange_weak(cur, bad)) {
-            }
+            fetch_min(first_bad, bad);
         });
         if (const std::int64_t j = first_bad.load(); j < u)
             scratch.nonfinite_row[static_cast<std::size_t>(ti)] = t.grad.ids[static_cast<std::size_t>(j)];

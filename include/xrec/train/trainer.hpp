@@ -405,29 +405,24 @@ private:
         if constexpr (!backend_memory<B>::host_accessible) {
             return kernels::first_nonfinite(B{}, n, x);
         } else {
-            std::atomic<std::int64_t> first{-1};
+            std::atomic<std::int64_t> first{n};
             parallel_for(ctx_.pool(), n, std::int64_t{1} << 16, [&](std::int64_t b, std::int64_t e, int) {
                 const std::int64_t k = kernels::first_nonfinite(B{}, e - b, x + b);
-                if (k >= 0) keep_smaller(first, b + k);
+                if (k >= 0) fetch_min(first, b + k);
             });
-            return first.load();
+            return first.load() < n ? first.load() : -1;
         }
     }
     std::int64_t scan_nonfinite_rows(const T* table, std::int64_t dim, const std::int64_t* ids, std::int64_t n) {
         if constexpr (!backend_memory<B>::host_accessible) {
             return kernels::first_nonfinite_rows(B{}, table, dim, ids, n);
         } else {
-            std::atomic<std::int64_t> first{-1};
+            std::atomic<std::int64_t> first{n * dim};
             parallel_for(ctx_.pool(), n, std::int64_t{1} << 12, [&](std::int64_t b, std::int64_t e, int) {
                 const std::int64_t k = kernels::first_nonfinite_rows(B{}, table, dim, ids + b, e - b);
-                if (k >= 0) keep_smaller(first, b * dim + k);
+                if (k >= 0) fetch_min(first, b * dim + k);
             });
-            return first.load();
-        }
-    }
-    static void keep_smaller(std::atomic<std::int64_t>& a, std::int64_t v) {
-        std::int64_t cur = a.load();
-        while ((cur < 0 || v < cur) && !a.compare_exchange_weak(cur, v)) {
+            return first.load() < n * dim ? first.load() : -1;
         }
     }
 
