@@ -105,30 +105,32 @@ struct behaviour_fields {
     /// q [rows, P D].
     template <class Ctx>
     var<T> query(Ctx& ctx, const ctr_inputs<T, B>& in, const batch<T>& b) const {
-        std::vector<var<T>> parts;
-        for (std::int64_t p = 0; p < pairs(); ++p) parts.push_back(in.lookup(ctx, candidate_ids(ctx, b, p)));
-        return cat(ctx, parts);
+        var<T>* parts = ctx.template host_scratch<var<T>>(pairs());
+        for (std::int64_t p = 0; p < pairs(); ++p) parts[p] = in.lookup(ctx, candidate_ids(ctx, b, p));
+        return cat(ctx, std::span<const var<T>>(parts, static_cast<std::size_t>(pairs())));
     }
     /// Embeddings of arbitrary positions: ids[p] holds n global ids for pair p -> [n, P D].
     template <class Ctx>
     var<T> gather(Ctx& ctx, const ctr_inputs<T, B>& in, const std::vector<std::span<const std::int64_t>>& ids) const {
-        std::vector<var<T>> parts;
-        for (const auto& i : ids) parts.push_back(in.lookup(ctx, i));
-        return cat(ctx, parts);
+        var<T>* parts = ctx.template host_scratch<var<T>>(static_cast<std::int64_t>(ids.size()));
+        for (std::size_t p = 0; p < ids.size(); ++p) parts[p] = in.lookup(ctx, ids[p]);
+        return cat(ctx, std::span<const var<T>>(parts, ids.size()));
     }
     /// Behaviours of all rows back to back: [nnz, P D] (call offsets() for the row bounds).
     template <class Ctx>
     var<T> keys(Ctx& ctx, const ctr_inputs<T, B>& in, const batch<T>& b) const {
-        std::vector<var<T>> parts;
-        for (auto h : hist) parts.push_back(in.sequence(ctx, b, h));
-        return cat(ctx, parts);
+        var<T>* parts = ctx.template host_scratch<var<T>>(pairs());
+        for (std::size_t p = 0; p < hist.size(); ++p) parts[p] = in.sequence(ctx, b, hist[p]);
+        return cat(ctx, std::span<const var<T>>(parts, hist.size()));
     }
     /// Everything but the histories: [rows, rest_width()].
     template <class Ctx>
     var<T> rest(Ctx& ctx, const ctr_inputs<T, B>& in, const batch<T>& b) const {
         const std::int64_t n = b.rows;
-        std::vector<var<T>> parts;
-        if (in.num_fields(false) > 0) parts.push_back(ops::reshape(ctx, in.fields(ctx, b, false), shape{n, in.num_fields(false) * dim}));
+        // The parts live in the context's host arena: no heap allocation per request.
+        var<T>* parts = ctx.template host_scratch<var<T>>(2 + static_cast<std::int64_t>(other_seq.size()));
+        std::size_t np = 0;
+        if (in.num_fields(false) > 0) parts[np++] = ops::reshape(ctx, in.fields(ctx, b, false), shape{n, in.num_fields(false) * dim});
         for (auto k : other_seq) {
             const auto& sf = in.layout.sequences[static_cast<std::size_t>(k)];
             var<T> w;
@@ -136,16 +138,16 @@ struct behaviour_fields {
                 auto ws = b.sequence_weights[static_cast<std::size_t>(k)];
                 w = ctx.input(tensor_view<const T>{ws.data(), shape{static_cast<std::int64_t>(ws.size())}});
             }
-            parts.push_back(ops::embedding_bag(ctx, in.emb, b.sequences[static_cast<std::size_t>(k)], sf.pooling, w));
+            parts[np++] = ops::embedding_bag(ctx, in.emb, b.sequences[static_cast<std::size_t>(k)], sf.pooling, w);
         }
-        if (in.layout.num_dense() > 0) parts.push_back(in.dense(ctx, b));
-        XREC_CHECK(!parts.empty(), "behaviour_fields: no features besides the histories");
-        return cat(ctx, parts);
+        if (in.layout.num_dense() > 0) parts[np++] = in.dense(ctx, b);
+        XREC_CHECK(np > 0, "behaviour_fields: no features besides the histories");
+        return cat(ctx, std::span<const var<T>>(parts, np));
     }
 
     template <class Ctx>
-    static var<T> cat(Ctx& ctx, const std::vector<var<T>>& parts) {
-        return parts.size() == 1 ? parts[0] : ops::concat(ctx, std::span<const var<T>>(parts));
+    static var<T> cat(Ctx& ctx, std::span<const var<T>> parts) {
+        return parts.size() == 1 ? parts[0] : ops::concat(ctx, parts);
     }
 };
 
