@@ -177,6 +177,9 @@ inline interactions load_movielens(const std::filesystem::path& u_data, double m
 /// per line, "user i1 i2 ... in", chronological, 1-based item ids. Item i becomes i - 1;
 /// n_items is the largest id seen (ids are dense in these files). Rows are in file order,
 /// row_id the user id of the line, times empty (positions are the order).
+/// Because the ids are dense, the largest id can be no larger than the number of events: a
+/// file breaking that (a corrupt or foreign file, "1 2000000000") is refused, naming the id,
+/// before raw_item (one entry per id up to the largest) is sized by it.
 inline sequences load_user_sequences(const std::filesystem::path& file) {
     const char* who = "load_user_sequences";
     auto in = detail::open_input(file, who);
@@ -200,6 +203,8 @@ inline sequences load_user_sequences(const std::filesystem::path& file) {
         }
         s.offsets.push_back(static_cast<std::int64_t>(s.items.size()));
     }
+    XREC_CHECK(max_item <= static_cast<std::int64_t>(s.items.size()), who, ": ", name, ": item id ", max_item,
+               " exceeds the ", s.items.size(), " events of the file: the ids are not dense 1..n_items");
     s.n_items = static_cast<std::int32_t>(max_item);
     s.raw_item.resize(static_cast<std::size_t>(max_item));
     std::iota(s.raw_item.begin(), s.raw_item.end(), std::int64_t{1});

@@ -125,10 +125,17 @@ public:
         if (this != &o) *this = growing_vocabulary(o);
         return *this;
     }
+    /// Largest capacity (and pending capacity) accepted: far beyond any table that fits in
+    /// memory, and small enough that 4 x capacity and the table's row count cannot overflow.
+    static constexpr std::int64_t max_capacity = std::int64_t{1} << 40;
+
     growing_vocabulary(std::int64_t capacity, std::int64_t admit_count, std::int64_t pending_capacity)
-        : capacity_(capacity), admit_(admit_count), pending_cap_(pending_capacity > 0 ? pending_capacity : 4 * capacity) {
+        : capacity_(capacity), admit_(admit_count) {
         XREC_CHECK(capacity > 0 && admit_count > 0, "growing_vocabulary: capacity and admit_count must be positive, got ",
                    capacity, " and ", admit_count);
+        XREC_CHECK(capacity <= max_capacity && pending_capacity <= max_capacity, "growing_vocabulary: capacity ", capacity,
+                   " or pending capacity ", pending_capacity, " exceeds the limit of ", max_capacity);
+        pending_cap_ = pending_capacity > 0 ? pending_capacity : 4 * capacity;
     }
 
     std::int64_t capacity() const noexcept { return capacity_; }
@@ -191,25 +198,56 @@ public:
     const std::list<entry>& pending() const noexcept { return pending_; }
 
     /// Rebuilds the exact state (for schema::from_json): entries in the order admitted() and
-    /// pending() gave them.
+    /// pending() gave them. The state must be one that observe() can reach, since observe()
+    /// relies on it (it recycles the last admitted row once next_id passes the capacity):
+    /// next_id in 1..capacity+1; the admitted ids exactly 1..next_id-1, once each, on distinct
+    /// non-empty values; pending candidates distinct, not admitted, non-empty, id 0, seen
+    /// 1..admit_count-1 times, at most pending_capacity of them; counts and evictions >= 0.
+    /// Anything else throws xrec::error naming the problem, and leaves *this empty.
     void restore(std::vector<entry> admitted, std::vector<entry> pending, std::int64_t next_id, std::int64_t evictions) {
         live_.clear(), pending_.clear(), live_index_.clear(), pending_index_.clear(), recycled_.clear();
-        for (auto& e : admitted) {
-            XREC_CHECK(e.id >= 1 && e.id <= capacity_, "growing_vocabulary: id ", e.id, " outside 1..", capacity_);
-            live_.push_back(std::move(e));
-            XREC_CHECK(live_index_.emplace(live_.back().value, std::prev(live_.end())).second,
-                       "growing_vocabulary: value '", live_.back().value, "' admitted twice");
+        next_id_ = 1, evictions_ = 0;
+        try {
+            restore_(std::move(admitted), std::move(pending), next_id, evictions);
+        } catch (...) {
+            live_.clear(), pending_.clear(), live_index_.clear(), pending_index_.clear();
+            next_id_ = 1, evictions_ = 0;
+            throw;
         }
-        for (auto& e : pending) {
-            pending_.push_back(std::move(e));
-            pending_index_.emplace(pending_.back().value, std::prev(pending_.end()));
-        }
-        next_id_ = next_id;
-        evictions_ = evictions;
     }
     std::int64_t next_id() const noexcept { return next_id_; }
 
 private:
+    void restore_(std::vector<entry> admitted, std::vector<entry> pending, std::int64_t next_id, std::int64_t evictions) {
+        const char* who = "growing_vocabulary::restore: ";
+        XREC_CHECK(next_id >= 1 && next_id <= capacity_ + 1, who, "next_id ", next_id, " outside 1..", capacity_ + 1);
+        XREC_CHECK(evictions >= 0, who, "negative evictions ", evictions);
+        XREC_CHECK(static_cast<std::int64_t>(admitted.size()) == next_id - 1, who, admitted.size(),
+                   " admitted values but ids 1..", next_id - 1, " handed out (each id is held by exactly one value)");
+        std::vector<bool> held(static_cast<std::size_t>(next_id), false);
+        for (auto& e : admitted) {
+            XREC_CHECK(e.id >= 1 && e.id < next_id, who, "id ", e.id, " of '", e.value, "' outside 1..", next_id - 1);
+            XREC_CHECK(!held[static_cast<std::size_t>(e.id)], who, "id ", e.id, " held by two values");
+            held[static_cast<std::size_t>(e.id)] = true;
+            XREC_CHECK(!e.value.empty() && e.count >= 0, who, "admitted value '", e.value, "' is empty or has count ", e.count);
+            live_.push_back(std::move(e));
+            XREC_CHECK(live_index_.emplace(live_.back().value, std::prev(live_.end())).second, who, "value '",
+                       live_.back().value, "' admitted twice");
+        }
+        XREC_CHECK(static_cast<std::int64_t>(pending.size()) <= pending_cap_, who, pending.size(),
+                   " pending candidates exceed the pending capacity ", pending_cap_);
+        for (auto& e : pending) {
+            XREC_CHECK(!e.value.empty() && e.id == 0 && e.count >= 1 && e.count < admit_, who, "pending candidate '", e.value,
+                       "' has id ", e.id, " and count ", e.count, " (expected id 0 and a count in 1..", admit_ - 1, ")");
+            XREC_CHECK(!live_index_.count(e.value), who, "value '", e.value, "' is both admitted and pending");
+            pending_.push_back(std::move(e));
+            XREC_CHECK(pending_index_.emplace(pending_.back().value, std::prev(pending_.end())).second, who, "value '",
+                       pending_.back().value, "' pending twice");
+        }
+        next_id_ = next_id;
+        evictions_ = evictions;
+    }
+
     using index = std::unordered_map<std::string_view, std::list<entry>::iterator>;
     std::int64_t capacity_ = 0, admit_ = 1, pending_cap_ = 0;
     std::int64_t next_id_ = 1, evictions_ = 0;
@@ -627,7 +665,14 @@ public:
     }
 
     /// Rebuilds a fitted schema from to_json()'s text; refuses anything malformed with
-    /// "schema::from_json: ...".
+    /// "schema::from_json: ...". Besides the structure, it refuses a state that fitting
+    /// could not have produced and that encoding would trust: a hashed table of fewer than 2
+    /// or more than 2^62 buckets, a growing table outside growing_vocabulary's limits or
+    /// with an inconsistent state (see growing_vocabulary::restore), a vocabulary with an
+    /// empty or repeated value, tables whose rows together overflow int64, a dense field
+    /// whose fill or mean is not finite or whose sd is not finite and > 0, a binarize
+    /// threshold that is not finite, a negative max_len, a libffm field without a field
+    /// number, and an unweighted tokens/ffm field.
     static schema from_json(std::string_view text) {
         const json::value v = json::parse(text);
         schema s;
@@ -637,9 +682,13 @@ public:
         for (auto& c : arr_(get_(v, "columns"))) cols.push_back(str_(c));
         for (auto& l : arr_(get_(v, "labels"))) {
             std::optional<double> b;
-            if (auto* p = find_(l, "binarize")) b = dbl_(*p);
+            if (auto* p = find_(l, "binarize")) {
+                b = dbl_(*p);
+                XREC_CHECK(std::isfinite(*b), "schema::from_json: label binarize threshold ", *b, " is not finite");
+            }
             s.label(str_(get_(l, "column")), str_(get_(l, "task")), b);
         }
+        std::int64_t total_rows = 0;
         for (auto& t : arr_(get_(v, "tables"))) {
             table_def tb;
             tb.name = str_(get_(t, "name"));
@@ -655,11 +704,20 @@ public:
             tb.opt.capacity = int_(get_(t, "capacity"));
             tb.opt.admit_count = int_(get_(t, "admit_count"));
             tb.opt.pending_capacity = int_(get_(t, "pending_capacity"));
+            if (tb.opt.kind == table_kind::hash)
+                XREC_CHECK(tb.opt.buckets >= 2 && tb.opt.buckets <= (std::int64_t{1} << 62), "schema::from_json: table '",
+                           tb.name, "': ", tb.opt.buckets, " buckets (a hashed table has 2..2^62)");
             if (tb.opt.kind == table_kind::vocab) {
-                for (auto& x : arr_(get_(t, "values"))) tb.values.push_back(str_(x));
+                for (auto& x : arr_(get_(t, "values"))) {
+                    XREC_CHECK(!str_(x).empty(), "schema::from_json: table '", tb.name, "': an empty vocabulary value");
+                    tb.values.push_back(str_(x));
+                }
                 tb.reindex();
+                XREC_CHECK(tb.ids.size() == tb.values.size(), "schema::from_json: table '", tb.name,
+                           "': a vocabulary value appears twice");
             }
             if (tb.opt.kind == table_kind::grow) {
+                XREC_CHECK(tb.opt.pending_capacity >= 0, "schema::from_json: table '", tb.name, "': negative pending_capacity");
                 tb.grow = growing_vocabulary(tb.opt.capacity, tb.opt.admit_count, tb.opt.pending_capacity);
                 auto ents = [](const json::value& a) {
                     std::vector<growing_vocabulary::entry> e;
@@ -672,6 +730,9 @@ public:
                 tb.grow.restore(ents(get_(t, "admitted")), ents(get_(t, "pending")), int_(get_(t, "next_id")),
                                 int_(get_(t, "evictions")));
             }
+            XREC_CHECK(tb.rows() <= INT64_MAX - total_rows, "schema::from_json: the tables' rows overflow int64 at table '",
+                       tb.name, "'");
+            total_rows += tb.rows();
             s.tables_.push_back(std::move(tb));
         }
         for (auto& f : arr_(get_(v, "dense"))) {
@@ -683,6 +744,9 @@ public:
             d.standard = bool_(get_(f, "standard"));
             d.mean = dbl_(get_(f, "mean"));
             d.sd = dbl_(get_(f, "sd"));
+            XREC_CHECK(std::isfinite(d.fill) && std::isfinite(d.mean) && std::isfinite(d.sd) && d.sd > 0,
+                       "schema::from_json: dense field '", d.name, "': fill ", d.fill, ", mean ", d.mean, ", sd ", d.sd,
+                       " (finite, sd > 0, as fitting produces)");
             s.dense_.push_back(std::move(d));
         }
         const auto ntab = static_cast<std::int64_t>(s.tables_.size());
@@ -712,6 +776,11 @@ public:
             d.pool = p == "sum" ? pooling::sum : p == "mean" ? pooling::mean : p == "max" ? pooling::max : bad_<pooling>(detail::cat("pooling ", p));
             d.weighted = bool_(get_(f, "weighted"));
             d.ffm_field = int_(get_(f, "ffm_field"));
+            XREC_CHECK(d.max_len >= 0, "schema::from_json: field '", d.name, "': negative max_len ", d.max_len);
+            XREC_CHECK(d.source != sequence_source::ffm || d.ffm_field >= 0, "schema::from_json: libffm field '", d.name,
+                       "' needs ffm_field >= 0");
+            XREC_CHECK(d.source == sequence_source::split || d.weighted, "schema::from_json: field '", d.name,
+                       "': a ", src, " field is always weighted");
             s.seqs_.push_back(std::move(d));
         }
         s.group_ = str_(get_(v, "group"));

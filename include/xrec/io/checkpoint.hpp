@@ -13,8 +13,17 @@
 // Loading validates everything before it writes a single value, so a refused checkpoint
 // leaves the store untouched; then it converts straight from the memory map into the
 // store's buffers (no intermediate copy).
+//
+// Non-finite values: a loaded NaN or infinity is refused by default (naming the tensor and
+// the first bad element). A trained model never legitimately holds one, and a server that
+// loaded one would answer every request touching that row or weight with NaN, silently;
+// the check is one pass over bytes that the load reads anyway. A diverged run can still be
+// inspected with checkpoint_load_options::allow_nonfinite. Saving does not check (saving a
+// diverged model for a post-mortem must work).
 #include <algorithm>
+#include <cmath>
 #include <cstddef>
+#include <cstdint>
 #include <map>
 #include <set>
 #include <string>
@@ -42,6 +51,8 @@ struct checkpoint_load_options {
     /// Accept (and ignore) tensors in the file that neither the store nor `extra` expects,
     /// e.g. to load the parameters of a checkpoint that also holds optimizer state.
     bool allow_unexpected = false;
+    /// Accept NaN and infinite values (refused by default, see the header comment).
+    bool allow_nonfinite = false;
 };
 
 namespace detail {
@@ -55,6 +66,28 @@ void check_checkpoint_types() {
 template <class T>
 const char* type_name() {
     return std::is_same_v<T, float> ? "float" : "double";
+}
+/// Index of the first NaN or infinite element of `t` (a floating dtype) in `f`, or -1.
+inline std::int64_t first_nonfinite(const safetensors_file& f, const safetensors_file::tensor_info& t) {
+    const auto bytes = f.bytes(t.name);
+    const std::byte* p = bytes.data();
+    const auto n = static_cast<std::size_t>(t.s.numel());
+    auto scan = [&](auto tag, auto to_float) -> std::int64_t {
+        using S = decltype(tag);
+        for (std::size_t i = 0; i < n; ++i)
+            if (!std::isfinite(to_float(io::detail::load<S>(p + i * sizeof(S))))) return static_cast<std::int64_t>(i);
+        return -1;
+    };
+    auto id = [](auto v) { return v; };
+    switch (t.code) {
+        case dtype::f64: return scan(double{}, id);
+        case dtype::f32: return scan(float{}, id);
+        case dtype::f16: return scan(std::uint16_t{}, io::detail::half_to_float);
+        case dtype::bf16: return scan(std::uint16_t{}, io::detail::bf16_to_float);
+        case dtype::f8_e4m3: return scan(std::uint8_t{}, io::detail::f8_e4m3_to_float);
+        case dtype::f8_e5m2: return scan(std::uint8_t{}, io::detail::f8_e5m2_to_float);
+        default: return -1;  // integers are always finite
+    }
 }
 }  // namespace detail
 
@@ -82,20 +115,21 @@ void save_checkpoint(const std::string& path, param_store<T, B>& store, std::map
     w.write(path);
 }
 
-/// Loads `path` into `store` and the `extra` tensors and returns the config map saved with
-/// it (the metadata without the two reserved keys). Refuses, naming the path and listing
-/// every problem found, and before modifying anything: a file that is not a valid
-/// safetensors file, a missing or different format version (both versions named), an
-/// expected tensor that is missing, has another shape (both shapes named) or a non-floating
-/// dtype, and, unless `opt.allow_unexpected`, a tensor in the file that nothing expects.
+/// Loads the checkpoint `f` (already opened and validated as a safetensors file, e.g. by
+/// safetensors_file::open or ::from_bytes) into `store` and the `extra` tensors and returns
+/// the config map saved with it (the metadata without the two reserved keys). Refuses,
+/// naming f.path() and listing every problem found, and before modifying anything: a
+/// missing or different format version (both versions named), an expected tensor that is
+/// missing, has another shape (both shapes named), a non-floating dtype, or (unless
+/// `opt.allow_nonfinite`) a NaN or infinite value (the tensor and element named), and,
+/// unless `opt.allow_unexpected`, a tensor in the file that nothing expects.
 /// F64 checkpoints load into float stores and F32 into double ones (converted per element).
 template <class T, class B>
-std::map<std::string, std::string> load_checkpoint(const std::string& path, param_store<T, B>& store,
+std::map<std::string, std::string> load_checkpoint(const safetensors_file& f, param_store<T, B>& store,
                                                    std::vector<named_tensor<T>> extra = {},
                                                    checkpoint_load_options opt = {}) {
     detail::check_checkpoint_types<T, B>();
-    const std::string pre = "load_checkpoint: '" + path + "': ";
-    const safetensors_file f = safetensors_file::open(path);
+    const std::string pre = "load_checkpoint: '" + f.path() + "': ";
     const auto& md = f.metadata();
     const auto ver = md.find(std::string(checkpoint_format_key));
     XREC_CHECK(ver != md.end(), pre, "not an xrec checkpoint (no \"", checkpoint_format_key, "\" in __metadata__)");
@@ -120,6 +154,11 @@ std::map<std::string, std::string> load_checkpoint(const std::string& path, para
         else if (!is_floating(t->code))
             problems.push_back("tensor '" + e.name + "' has dtype " + t->dtype + ", not convertible to " +
                                detail::type_name<T>());
+        else if (!opt.allow_nonfinite) {
+            if (const auto i = detail::first_nonfinite(f, *t); i >= 0)
+                problems.push_back("tensor '" + e.name + "' holds a non-finite value (NaN or infinity) at element " +
+                                   std::to_string(i) + " (checkpoint_load_options::allow_nonfinite accepts it)");
+        }
     }
     if (!opt.allow_unexpected)
         for (const auto& t : f.tensors())
@@ -140,6 +179,17 @@ std::map<std::string, std::string> load_checkpoint(const std::string& path, para
     config.erase(std::string(checkpoint_format_key));
     config.erase(std::string(checkpoint_xrec_version_key));
     return config;
+}
+
+/// Opens `path` (safetensors_file::open: the file is validated, then memory-mapped reads
+/// convert straight into the store) and loads it as the overload above does.
+template <class T, class B>
+std::map<std::string, std::string> load_checkpoint(const std::string& path, param_store<T, B>& store,
+                                                   std::vector<named_tensor<T>> extra = {},
+                                                   checkpoint_load_options opt = {}) {
+    detail::check_checkpoint_types<T, B>();
+    const safetensors_file f = safetensors_file::open(path);
+    return load_checkpoint(f, store, std::move(extra), opt);
 }
 
 }  // namespace xrec::io

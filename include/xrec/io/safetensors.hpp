@@ -24,7 +24,9 @@
 //     short, or with garbage appended, is therefore refused rather than half-read.
 // The file is mapped read-only and never read whole: opening touches the 8 bytes and the
 // header; a tensor's pages are touched when it is read. Changing or truncating the file
-// while it is mapped is undefined (as for any mmap reader).
+// while it is mapped is undefined (as for any mmap reader). safetensors_file::from_bytes
+// applies the same validation, with the same messages, to bytes already in memory (a copy
+// it owns): the checkpoint fuzz target reads through it (tests/fuzz/).
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -291,41 +293,20 @@ public:
     static safetensors_file open(const std::string& path) {
         safetensors_file f;
         f.path_ = path;
-        const std::string pre = "safetensors: '" + path + "': ";
-        f.map_ = detail::mapped_file::open(path, pre);
-        const std::size_t size = f.map_.size();
-        XREC_CHECK(size >= 8, pre, "file is ", size, " bytes, shorter than the 8-byte header length");
-        const auto n = detail::load<std::uint64_t>(f.map_.data());
-        XREC_CHECK(n <= max_header_bytes, pre, "header length ", n, " is absurdly large (limit ", max_header_bytes, " bytes)");
-        XREC_CHECK(n <= size - 8, pre, "header length ", n, " exceeds the ", size - 8, " bytes after the length field");
-        const std::string_view text(reinterpret_cast<const char*>(f.map_.data() + 8), static_cast<std::size_t>(n));
-        f.buffer_ = f.map_.data() + 8 + n;
-        f.buffer_size_ = size - 8 - static_cast<std::size_t>(n);
+        f.map_ = detail::mapped_file::open(path, "safetensors: '" + path + "': ");
+        f.validate_(f.map_.data(), f.map_.size());
+        return f;
+    }
 
-        json::value root;
-        try {
-            root = json::parse(text);
-        } catch (const error& e) {
-            XREC_FAIL(pre, "bad header: ", e.what());
-        }
-        XREC_CHECK(root.is_object(), pre, "header is ", json::kind_name(root.k), ", not a JSON object");
-
-        for (auto& [key, val] : root.members) {
-            if (key == "__metadata__") {
-                XREC_CHECK(!f.seen_metadata_, pre, "duplicate key '__metadata__'");
-                f.seen_metadata_ = true;
-                XREC_CHECK(val.is_object(), pre, "__metadata__ is ", json::kind_name(val.k), ", not an object");
-                for (auto& [mk, mv] : val.members) {
-                    XREC_CHECK(mv.is_string(), pre, "metadata value of '", mk, "' is ", json::kind_name(mv.k), ", not a string");
-                    XREC_CHECK(f.metadata_.emplace(mk, mv.text).second, pre, "duplicate metadata key '", mk, "'");
-                }
-                continue;
-            }
-            XREC_CHECK(!f.index_.count(key), pre, "duplicate tensor name '", key, "'");
-            f.index_.emplace(key, f.tensors_.size());
-            f.tensors_.push_back(parse_entry(pre, key, val, f.buffer_size_));
-        }
-        check_tiling(pre, f.tensors_, f.buffer_size_);
+    /// Validates a copy of `bytes` (a whole file's contents, e.g. received over the network,
+    /// or a fuzzer's input) exactly as open() validates a mapped file; `name` stands for the
+    /// path in error messages and path(). The object owns the copy, so `bytes` need not
+    /// outlive it. Same policy, same messages.
+    static safetensors_file from_bytes(std::span<const std::byte> bytes, const std::string& name = "<memory>") {
+        safetensors_file f;
+        f.path_ = name;
+        f.owned_.assign(bytes.begin(), bytes.end());
+        f.validate_(f.owned_.data(), f.owned_.size());
         return f;
     }
 
@@ -365,6 +346,46 @@ public:
     }
 
 private:
+    // The whole policy of the header comment, over the file's bytes [data, data + size):
+    // shared by open() (a mapping) and from_bytes() (an owned copy). `data` must stay valid
+    // as long as *this (it does: both owners keep their storage at a stable address when
+    // the object moves).
+    void validate_(const std::byte* data, std::size_t size) {
+        const std::string pre = "safetensors: '" + path_ + "': ";
+        XREC_CHECK(size >= 8, pre, "file is ", size, " bytes, shorter than the 8-byte header length");
+        const auto n = detail::load<std::uint64_t>(data);
+        XREC_CHECK(n <= max_header_bytes, pre, "header length ", n, " is absurdly large (limit ", max_header_bytes, " bytes)");
+        XREC_CHECK(n <= size - 8, pre, "header length ", n, " exceeds the ", size - 8, " bytes after the length field");
+        const std::string_view text(reinterpret_cast<const char*>(data + 8), static_cast<std::size_t>(n));
+        buffer_ = data + 8 + n;
+        buffer_size_ = size - 8 - static_cast<std::size_t>(n);
+
+        json::value root;
+        try {
+            root = json::parse(text);
+        } catch (const error& e) {
+            XREC_FAIL(pre, "bad header: ", e.what());
+        }
+        XREC_CHECK(root.is_object(), pre, "header is ", json::kind_name(root.k), ", not a JSON object");
+
+        for (auto& [key, val] : root.members) {
+            if (key == "__metadata__") {
+                XREC_CHECK(!seen_metadata_, pre, "duplicate key '__metadata__'");
+                seen_metadata_ = true;
+                XREC_CHECK(val.is_object(), pre, "__metadata__ is ", json::kind_name(val.k), ", not an object");
+                for (auto& [mk, mv] : val.members) {
+                    XREC_CHECK(mv.is_string(), pre, "metadata value of '", mk, "' is ", json::kind_name(mv.k), ", not a string");
+                    XREC_CHECK(metadata_.emplace(mk, mv.text).second, pre, "duplicate metadata key '", mk, "'");
+                }
+                continue;
+            }
+            XREC_CHECK(!index_.count(key), pre, "duplicate tensor name '", key, "'");
+            index_.emplace(key, tensors_.size());
+            tensors_.push_back(parse_entry(pre, key, val, buffer_size_));
+        }
+        check_tiling(pre, tensors_, buffer_size_);
+    }
+
     const tensor_info& get(const std::string& name) const {
         const tensor_info* t = find(name);
         XREC_CHECK(t, "safetensors: '", path_, "': no tensor named '", name, "'");
@@ -406,21 +427,24 @@ private:
         XREC_CHECK(sh->is_array(), pre, "tensor '", name, "': shape is ", json::kind_name(sh->k), ", not an array");
         XREC_CHECK(sh->items.size() <= static_cast<std::size_t>(max_rank), pre, "tensor '", name, "': rank ",
                    sh->items.size(), " exceeds the maximum of ", max_rank);
-        // numel must fit in int64 and numel * size in uint64; the product of the non-zero
-        // extents is checked step by step so that a hostile shape cannot overflow.
+        // The product of the NON-ZERO extents times the element size must fit in int64, even
+        // when another extent is 0 and the tensor is empty: shape::numel() multiplies in
+        // order, so [2^40, 2^40, 0] would overflow (undefined behaviour) before it reached the
+        // 0. Checked step by step so that the check itself cannot overflow.
         const std::uint64_t elem = dtype_size(t.code);
         std::uint64_t nz = 1;
         bool has_zero = false;
         for (auto& d : sh->items) {
             const std::uint64_t e = uint_of(pre, name, "shape", d);
-            t.s.dims[static_cast<std::size_t>(t.s.rank++)] = static_cast<std::int64_t>(std::min<std::uint64_t>(e, INT64_MAX));
             if (e == 0) {
                 has_zero = true;
+                t.s.dims[static_cast<std::size_t>(t.s.rank++)] = 0;
                 continue;
             }
             XREC_CHECK(nz <= static_cast<std::uint64_t>(INT64_MAX) / elem / e, pre, "tensor '", name,
-                       "': shape overflows (more than 2^63 bytes)");
+                       "': shape overflows (more than 2^63 bytes, counting the non-zero extents)");
             nz *= e;
+            t.s.dims[static_cast<std::size_t>(t.s.rank++)] = static_cast<std::int64_t>(e);
         }
         const std::uint64_t bytes = has_zero ? 0 : nz * elem;
 
@@ -461,7 +485,8 @@ private:
     }
 
     std::string path_;
-    detail::mapped_file map_;
+    detail::mapped_file map_;           // open(): the mapping
+    std::vector<std::byte> owned_;      // from_bytes(): the copy (a moved vector keeps its storage)
     const std::byte* buffer_ = nullptr;
     std::size_t buffer_size_ = 0;
     bool seen_metadata_ = false;
