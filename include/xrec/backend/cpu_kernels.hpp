@@ -22,6 +22,8 @@
 #include "xrec/backend/kernels.hpp"
 #include "xrec/backend/policy.hpp"
 #include "xrec/backend/tags.hpp"
+#include "xrec/core/error.hpp"
+#include "xrec/core/reduced_precision.hpp"
 #include "xrec/core/rng.hpp"
 
 namespace xrec {
@@ -1246,6 +1248,246 @@ void bag_max(cpu<A>, const T* table, std::int64_t dim, const std::int64_t* ids, 
                 });
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Gathers from tables in a reduced serving format (core/reduced_precision.hpp): the rows are
+// widened to float in registers as they are gathered, so a reduced table is never expanded
+// in memory. Float output only (reduced tables serve float models).
+
+namespace detail {
+// `lanes` consecutive bf16 values at p -> one float batch (a bf16 is the top half of a
+// float: widen to 32 bits and shift left by 16). Intrinsics where the architecture has the
+// widening moves; elsewhere through a small buffer.
+template <class A>
+inline batch<float, A> widen_bf16(const std::uint8_t* p) noexcept {
+    using bt = batch<float, A>;
+#if defined(__AVX512F__)
+    if constexpr (std::is_base_of_v<xsimd::avx512f, A> && bt::size == 16) {
+        const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+        return bt(_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)));
+    } else
+#endif
+#if defined(__AVX2__)
+    if constexpr (std::is_base_of_v<xsimd::avx2, A> && bt::size == 8) {
+        const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+        return bt(_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)));
+    } else
+#endif
+#if defined(__SSE2__)
+    if constexpr (std::is_base_of_v<xsimd::sse2, A> && bt::size == 4) {
+        // Interleaving zeros below each 16-bit value builds the four floats directly.
+        const __m128i h = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+        return bt(_mm_castsi128_ps(_mm_unpacklo_epi16(_mm_setzero_si128(), h)));
+    } else
+#endif
+    {
+        alignas(64) float tmp[bt::size];
+        for (std::size_t i = 0; i < bt::size; ++i) {
+            std::uint16_t h;
+            std::memcpy(&h, p + 2 * i, 2);
+            tmp[i] = from_bf16(h);
+        }
+        return bt::load_aligned(tmp);
+    }
+}
+
+// `lanes` consecutive uint8 codes at p -> one float batch of the codes (0..255).
+template <class A>
+inline batch<float, A> widen_u8(const std::uint8_t* p) noexcept {
+    using bt = batch<float, A>;
+#if defined(__AVX512F__)
+    if constexpr (std::is_base_of_v<xsimd::avx512f, A> && bt::size == 16) {
+        const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+        return bt(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(q)));
+    } else
+#endif
+#if defined(__AVX2__)
+    if constexpr (std::is_base_of_v<xsimd::avx2, A> && bt::size == 8) {
+        const __m128i q = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+        return bt(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(q)));
+    } else
+#endif
+#if defined(__SSE2__)
+    if constexpr (std::is_base_of_v<xsimd::sse2, A> && bt::size == 4) {
+        std::int32_t four;
+        std::memcpy(&four, p, 4);
+        const __m128i z = _mm_setzero_si128();
+        const __m128i q = _mm_unpacklo_epi16(_mm_unpacklo_epi8(_mm_cvtsi32_si128(four), z), z);
+        return bt(_mm_cvtepi32_ps(q));
+    } else
+#endif
+    {
+        alignas(64) float tmp[bt::size];
+        for (std::size_t i = 0; i < bt::size; ++i) tmp[i] = static_cast<float>(p[i]);
+        return bt::load_aligned(tmp);
+    }
+}
+
+// The stored quantity of element d of a reduced row as float: the bf16 value, or the int8
+// code (to be mapped through scale and bias by the caller).
+template <table_precision P, class A>
+inline batch<float, A> reduced_raw(const std::uint8_t* row, std::int64_t d) noexcept {
+    if constexpr (P == table_precision::bf16)
+        return widen_bf16<A>(row + 2 * d);
+    else
+        return widen_u8<A>(row + d);
+}
+template <table_precision P>
+inline float reduced_raw1(const std::uint8_t* row, std::int64_t d) noexcept {
+    if constexpr (P == table_precision::bf16) {
+        std::uint16_t h;
+        std::memcpy(&h, row + 2 * d, 2);
+        return from_bf16(h);
+    } else {
+        return static_cast<float>(row[d]);
+    }
+}
+
+template <table_precision P, class A>
+void gather_reduced(const std::uint8_t* base, std::int64_t row_bytes, std::int64_t dim, const std::int64_t* ids,
+                    std::int64_t n, float* out) {
+    using bt = batch<float, A>;
+    constexpr int ahead = policy<cpu<A>>::gather_prefetch_rows;
+    for (std::int64_t i = 0; i < n; ++i) {
+        if (i + ahead < n) prefetch_row(base + ids[i + ahead] * row_bytes, row_bytes);
+        const std::uint8_t* row = base + ids[i] * row_bytes;
+        float* o = out + i * dim;
+        if constexpr (P == table_precision::bf16) {
+            simd_loop<float, A>(
+                dim, [&](std::int64_t d) { widen_bf16<A>(row + 2 * d).store_unaligned(o + d); },
+                [&](std::int64_t d) { o[d] = reduced_raw1<P>(row, d); });
+        } else {
+            const int8_row_params p = read_int8_row_params(row, dim);
+            const bt s(p.scale), b(p.bias);
+            simd_loop<float, A>(
+                dim, [&](std::int64_t d) { xsimd::fma(s, widen_u8<A>(row + d), b).store_unaligned(o + d); },
+                [&](std::int64_t d) { o[d] = p.scale * static_cast<float>(row[d]) + p.bias; });
+        }
+    }
+}
+
+// Sum pooling over a reduced table. For int8 rows the affine map is folded out of the
+// inner loop: sum_i w_i (s_i q_i + b_i) = sum_i (w_i s_i) q_i + sum_i w_i b_i, so each
+// gathered element costs one fma, the same as a float row, and the biases one scalar.
+template <table_precision P, class A>
+void bag_sum_reduced_impl(const std::uint8_t* base, std::int64_t row_bytes, std::int64_t dim,
+                          const std::int64_t* ids, const float* w, std::int64_t n, float scale_by, float* out,
+                          std::int64_t avail) {
+    using bt = batch<float, A>;
+    constexpr int ahead = policy<cpu<A>>::gather_prefetch_rows;
+    std::fill(out, out + dim, 0.0f);
+    float bias_sum = 0;
+    for (std::int64_t i = 0; i < n; ++i) {
+        if (i + ahead < avail) prefetch_row(base + ids[i + ahead] * row_bytes, row_bytes);
+        const std::uint8_t* row = base + ids[i] * row_bytes;
+        float a = w ? w[i] : 1.0f;
+        if constexpr (P == table_precision::int8_rowwise) {
+            const int8_row_params p = read_int8_row_params(row, dim);
+            bias_sum += a * p.bias;
+            a *= p.scale;
+        }
+        const bt av(a);
+        simd_loop<float, A>(
+            dim,
+            [&](std::int64_t d) {
+                xsimd::fma(av, reduced_raw<P, A>(row, d), bt::load_unaligned(out + d)).store_unaligned(out + d);
+            },
+            [&](std::int64_t d) { out[d] += a * reduced_raw1<P>(row, d); });
+    }
+    if (scale_by == 1.0f && bias_sum == 0.0f) return;
+    const bt sc(scale_by), bs(bias_sum);
+    simd_loop<float, A>(
+        dim, [&](std::int64_t d) { ((bt::load_unaligned(out + d) + bs) * sc).store_unaligned(out + d); },
+        [&](std::int64_t d) { out[d] = (out[d] + bias_sum) * scale_by; });
+}
+
+template <table_precision P, class A>
+void bag_max_reduced_impl(const std::uint8_t* base, std::int64_t row_bytes, std::int64_t dim,
+                          const std::int64_t* ids, const float* w, std::int64_t n, float* out, std::int64_t avail) {
+    using bt = batch<float, A>;
+    constexpr int ahead = policy<cpu<A>>::gather_prefetch_rows;
+    if (n == 0) {
+        std::fill(out, out + dim, 0.0f);
+        return;
+    }
+    for (std::int64_t i = 0; i < n; ++i) {
+        if (i + ahead < avail) prefetch_row(base + ids[i + ahead] * row_bytes, row_bytes);
+        const std::uint8_t* row = base + ids[i] * row_bytes;
+        const float wi = w ? w[i] : 1.0f;
+        // element value times w_i = a * raw + b (bf16: a = w_i, b = 0).
+        float a = wi, b = 0;
+        if constexpr (P == table_precision::int8_rowwise) {
+            const int8_row_params p = read_int8_row_params(row, dim);
+            a = wi * p.scale;
+            b = wi * p.bias;
+        }
+        const bt av(a), bv(b);
+        if (i == 0)
+            simd_loop<float, A>(
+                dim, [&](std::int64_t d) { xsimd::fma(av, reduced_raw<P, A>(row, d), bv).store_unaligned(out + d); },
+                [&](std::int64_t d) { out[d] = a * reduced_raw1<P>(row, d) + b; });
+        else
+            simd_loop<float, A>(
+                dim,
+                [&](std::int64_t d) {
+                    xsimd::max(bt::load_unaligned(out + d), xsimd::fma(av, reduced_raw<P, A>(row, d), bv))
+                        .store_unaligned(out + d);
+                },
+                [&](std::int64_t d) { out[d] = std::max(out[d], a * reduced_raw1<P>(row, d) + b); });
+    }
+}
+}  // namespace detail
+
+/// out[i, :] = the float values of row ids[i] of a table stored in reduced format `p`
+/// (bf16 or int8_rowwise; `base` holds rows of `row_bytes` bytes, see
+/// core/reduced_precision.hpp), for i < n, dequantised while gathered, prefetching ahead.
+/// Ids are trusted (validated by the op). A full-precision `p` is a caller error (refused).
+template <class A>
+void gather_rows_reduced(cpu<A>, table_precision p, const std::uint8_t* base, std::int64_t row_bytes,
+                         std::int64_t dim, const std::int64_t* ids, std::int64_t n, float* out) {
+    switch (p) {
+        case table_precision::bf16: return detail::gather_reduced<table_precision::bf16, A>(base, row_bytes, dim, ids, n, out);
+        case table_precision::int8_rowwise:
+            return detail::gather_reduced<table_precision::int8_rowwise, A>(base, row_bytes, dim, ids, n, out);
+        case table_precision::full: break;
+    }
+    XREC_FAIL("gather_rows_reduced: the table is not in a reduced format");
+}
+
+/// Sum pooling of one bag over a reduced table: out = scale_by * sum_i w_i x'[ids[i], :]
+/// with x' the dequantised rows (w null means 1). Same contract as bag_sum (prefetch across
+/// up to `avail` ids, n == 0 gives zeros); the int8 affine map is applied once per bag.
+template <class A>
+void bag_sum_reduced(cpu<A>, table_precision p, const std::uint8_t* base, std::int64_t row_bytes, std::int64_t dim,
+                     const std::int64_t* ids, const float* w, std::int64_t n, float scale_by, float* out,
+                     std::int64_t avail = -1) {
+    if (avail < n) avail = n;
+    switch (p) {
+        case table_precision::bf16:
+            return detail::bag_sum_reduced_impl<table_precision::bf16, A>(base, row_bytes, dim, ids, w, n, scale_by, out, avail);
+        case table_precision::int8_rowwise:
+            return detail::bag_sum_reduced_impl<table_precision::int8_rowwise, A>(base, row_bytes, dim, ids, w, n, scale_by,
+                                                                                  out, avail);
+        case table_precision::full: break;
+    }
+    XREC_FAIL("bag_sum_reduced: the table is not in a reduced format");
+}
+
+/// Max pooling of one bag over a reduced table: out[d] = max_i w_i x'[ids[i], d] (w null
+/// means 1); n == 0 gives zeros. Inference only: no argmax is kept.
+template <class A>
+void bag_max_reduced(cpu<A>, table_precision p, const std::uint8_t* base, std::int64_t row_bytes, std::int64_t dim,
+                     const std::int64_t* ids, const float* w, std::int64_t n, float* out, std::int64_t avail = -1) {
+    if (avail < n) avail = n;
+    switch (p) {
+        case table_precision::bf16:
+            return detail::bag_max_reduced_impl<table_precision::bf16, A>(base, row_bytes, dim, ids, w, n, out, avail);
+        case table_precision::int8_rowwise:
+            return detail::bag_max_reduced_impl<table_precision::int8_rowwise, A>(base, row_bytes, dim, ids, w, n, out, avail);
+        case table_precision::full: break;
+    }
+    XREC_FAIL("bag_max_reduced: the table is not in a reduced format");
 }
 
 namespace detail {

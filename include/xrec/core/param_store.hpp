@@ -10,6 +10,7 @@
 #include "xrec/core/buffer.hpp"
 #include "xrec/core/error.hpp"
 #include "xrec/core/init.hpp"
+#include "xrec/core/reduced_precision.hpp"
 #include "xrec/core/rng.hpp"
 #include "xrec/core/shape.hpp"
 
@@ -112,15 +113,29 @@ struct sparse_grad {
 /// An embedding table: `rows` x `dim` values (row-major) and the sparse gradient of the
 /// current step. Tables live apart from the dense buffer because they are large and are
 /// updated row-wise by sparse optimizers.
+///
+/// Serving form: when `precision` is not table_precision::full the rows are held in
+/// `packed` instead (rows x row_bytes bytes in the reduced format, see
+/// core/reduced_precision.hpp) and `values` is empty, so the table costs the reduced
+/// memory only (1M x 64: 256 MB in float, 128 MB bf16, 72 MB int8_rowwise). Such a table is
+/// read by ops::embedding_lookup / ops::embedding_bag on an infer_ctx (dequantised in the
+/// gather); a training context refuses it by name. serve::quantize_tables sets this form
+/// and serve::dequantize_tables undoes it (with the rounding kept).
 template <class T, class B>
 struct embedding_table {
     std::string name;
     std::int64_t rows = 0, dim = 0;
     buffer<T, B> values;
     sparse_grad<T, B> grad;
+    table_precision precision = table_precision::full;
+    buffer<std::uint8_t, B> packed;  // rows * row_bytes when precision != full, else empty
+    std::int64_t row_bytes = 0;      // reduced_row_bytes(precision, dim)
 
     T* row(std::int64_t i) { return values.data() + i * dim; }
     const T* row(std::int64_t i) const { return values.data() + i * dim; }
+    /// True when the rows are in a reduced serving format (values is then empty).
+    bool reduced() const noexcept { return precision != table_precision::full; }
+    const std::uint8_t* packed_row(std::int64_t i) const { return packed.data() + i * row_bytes; }
 };
 
 /// A handle to a table in a store; stable while the store lives.
@@ -211,10 +226,17 @@ public:
     }
     /// Every dense parameter and every table (shape [rows, dim]) under its name, in
     /// registration order: what a checkpoint of the parameters holds.
+    /// A table in a reduced serving format has no T values to name and is refused (by name):
+    /// serve::dequantize_tables restores float values first.
     std::vector<named_tensor<T>> named_tensors() {
         std::vector<named_tensor<T>> out;
         for (auto& e : entries_) out.push_back({e.name, e.s, values_.data() + e.offset});
-        for (auto& t : tables_) out.push_back({t->name, shape{t->rows, t->dim}, t->values.data()});
+        for (auto& t : tables_) {
+            XREC_CHECK(!t->reduced(), "param_store::named_tensors: table '", t->name, "' is stored as ",
+                       table_precision_name(t->precision),
+                       " for serving and has no full-precision values (serve::dequantize_tables restores them)");
+            out.push_back({t->name, shape{t->rows, t->dim}, t->values.data()});
+        }
         return out;
     }
     /// The dense entry with this name, or nullptr.

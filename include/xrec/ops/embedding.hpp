@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <limits>
 #include <span>
+#include <type_traits>
 
 #include "xrec/core/features.hpp"
 #include "xrec/core/parallel.hpp"
@@ -19,6 +20,10 @@ XREC_KERNEL_FALLBACK(bag_pool_fwd)
 XREC_KERNEL_FALLBACK(bag_max_mark)
 XREC_KERNEL_FALLBACK(bag_grad_rows)
 XREC_KERNEL_FALLBACK(bag_grad_weights)
+// Reads of tables in a reduced serving format (cpu only; the ops never instantiate them for
+// another backend, they refuse such a table at run time instead).
+XREC_KERNEL_FALLBACK(gather_rows_reduced)
+XREC_KERNEL_FALLBACK(bag_pool_reduced)
 
 /// Forward of every bag: out[b, :] = pool over i in [offsets[b], offsets[b+1]) of
 /// w_i table[ids[i], :] (sum; mean: divided by the bag's size; max: per element, with the
@@ -44,6 +49,28 @@ void bag_pool_fwd(cpu<A>, thread_pool* pool, const T* table, std::int64_t dim, c
                     bag_max(cpu<A>{}, table, dim, ids + begin, wb, n, o, arg ? arg + b * dim : nullptr, avail);
                     break;
             }
+        }
+    });
+}
+
+/// Forward of every bag over a table in a reduced serving format (precision p, rows of
+/// row_bytes at base): bag_pool_fwd's maths on the dequantised rows, without the argmax
+/// (inference only). Bags split over `pool`.
+template <class A>
+void bag_pool_reduced(cpu<A>, thread_pool* pool, table_precision p, const std::uint8_t* base, std::int64_t row_bytes,
+                      std::int64_t dim, const std::int64_t* ids, const std::int64_t* offsets, std::int64_t batch,
+                      const float* w, pooling mode, float* out) {
+    parallel_for(pool, batch, policy<cpu<A>>::bag_parallel_min, [&](std::int64_t b0, std::int64_t b1, int) {
+        for (std::int64_t b = b0; b < b1; ++b) {
+            const std::int64_t begin = offsets[b], n = offsets[b + 1] - begin;
+            const float* wb = w ? w + begin : nullptr;
+            float* o = out + b * dim;
+            const std::int64_t avail = offsets[b1] - begin;
+            if (mode == pooling::max)
+                bag_max_reduced(cpu<A>{}, p, base, row_bytes, dim, ids + begin, wb, n, o, avail);
+            else
+                bag_sum_reduced(cpu<A>{}, p, base, row_bytes, dim, ids + begin, wb, n,
+                                mode == pooling::mean && n ? 1.0f / static_cast<float>(n) : 1.0f, o, avail);
         }
     });
 }
@@ -136,6 +163,23 @@ const std::int64_t* keep_ids(Ctx& ctx, std::span<const std::int64_t> ids) {
     return p;
 }
 
+/// Whether ctx may read table t, checked once per call: a table in a reduced serving format
+/// is read only by a non-recording context on the cpu backend with float values; training
+/// on it is refused by name (its full-precision values are gone), as is any other backend.
+/// True when t is reduced (the caller takes the dequantising path).
+template <class Ctx, class T, class B>
+bool reads_reduced(const embedding_table<T, B>& t, const char* who) {
+    if (!t.reduced()) return false;
+    if constexpr (Ctx::records)
+        XREC_FAIL(who, ": table '", t.name, "' is stored as ", table_precision_name(t.precision),
+                  " for serving; training or a recording forward needs its full-precision values "
+                  "(serve::dequantize_tables restores them)");
+    else if constexpr (!(is_cpu_v<B> && std::is_same_v<T, float>))
+        XREC_FAIL(who, ": table '", t.name, "' is stored as ", table_precision_name(t.precision),
+                  ", which only the cpu backend with float values reads");
+    return true;
+}
+
 /// y[i, :] = table[ids[i], :]. Backward saves the ids (copied to the tape on the cpu; on
 /// cuda the device copy the gather read, kept in the context's arena until reset) and
 /// appends (ids[i], dy[i, :]) for every i, in order, to the table's sparse gradient.
@@ -165,6 +209,7 @@ var<typename Ctx::value_type> embedding_lookup_impl(Ctx& ctx,
     using T = typename Ctx::value_type;
     using B = typename Ctx::backend;
     auto& t = tp.table();
+    const bool reduced = reads_reduced<Ctx>(t, who);
     const auto n = static_cast<std::int64_t>(ids.size());
     const std::int64_t* dev_ids = nullptr;  // where the gather reads them
     if (where == memory_space::host || backend_memory<B>::host_accessible) {
@@ -186,6 +231,12 @@ var<typename Ctx::value_type> embedding_lookup_impl(Ctx& ctx,
     }
     const std::int64_t dim = t.dim;
     var<T> y = ctx.make(shape{n, dim}, Ctx::records);
+    if constexpr (!Ctx::records && is_cpu_v<B> && std::is_same_v<T, float>) {
+        if (reduced) {
+            kernels::gather_rows_reduced(B{}, t.precision, t.packed.data(), t.row_bytes, dim, dev_ids, n, y.data);
+            return y;
+        }
+    }
     const std::int64_t min_rows = policy<B>::elementwise_parallel_min / dim + 1;
     parallel_for(ctx.pool(), n, min_rows, [&](std::int64_t b, std::int64_t e, int) {
         kernels::gather_rows(B{}, static_cast<const T*>(t.values.data()), dim, dev_ids + b, e - b, y.data + b * dim);
@@ -274,6 +325,7 @@ var<typename Ctx::value_type> embedding_bag_impl(Ctx& ctx,
     using T = typename Ctx::value_type;
     using B = typename Ctx::backend;
     auto& t = tp.table();
+    const bool reduced = reads_reduced<Ctx>(t, who);
     ids.check(who, t.rows);
     const std::int64_t batch = ids.batch(), nnz = ids.nnz(), dim = t.dim;
     if (w.data) {
@@ -297,6 +349,13 @@ var<typename Ctx::value_type> embedding_bag_impl(Ctx& ctx,
     // (1M x 64 table, 32 ids per bag, batch 4096, 1 thread: 3.8 vs 3.1 ms).
     const std::int64_t* dev_vals = kernels::upload_ids(B{}, ctx, ids.values);
     const std::int64_t* dev_offs = kernels::upload_ids(B{}, ctx, ids.offsets);
+    if constexpr (!Ctx::records && is_cpu_v<B> && std::is_same_v<T, float>) {
+        if (reduced) {
+            kernels::bag_pool_reduced(B{}, ctx.pool(), t.precision, t.packed.data(), t.row_bytes, dim, dev_vals, dev_offs,
+                                      batch, static_cast<const T*>(w.data), mode, y.data);
+            return y;
+        }
+    }
     kernels::bag_pool_fwd(B{}, ctx.pool(), static_cast<const T*>(t.values.data()), dim, dev_vals, dev_offs, batch,
                           static_cast<const T*>(w.data), mode, y.data, arg);
     if constexpr (Ctx::records) {
@@ -323,6 +382,9 @@ var<typename Ctx::value_type> embedding_bag_impl(Ctx& ctx,
 /// `where`: memory_space::host (the default) for ids in host memory, memory_space::backend
 /// for ids already in the backend's memory (a batch prepared on the device: checked there, nothing
 /// crosses to the host but the check's result).
+/// A table in a reduced serving format (serve::quantize_tables: bf16 or int8_rowwise) is
+/// read on an infer_ctx over the cpu backend, dequantised in the gather (one check per
+/// call, none per row); a recording context or another backend refuses it by name.
 template <class Ctx>
 var<typename Ctx::value_type> embedding_lookup(Ctx& ctx,
                                                const table_param<typename Ctx::value_type, typename Ctx::backend>& t,
@@ -341,6 +403,8 @@ var<typename Ctx::value_type> embedding_lookup(Ctx& ctx,
 /// gives a zero row. `ids` is validated (offsets well formed, ids in range, naming the
 /// position); per_id_weights (optional) must have ids.nnz() elements and, when it requires
 /// a gradient, receives one. Table gradients are appended to t.table().grad in bag order.
+/// Reduced serving tables: as embedding_lookup (inference on the cpu only; for int8 rows the
+/// sum folds each row's scale into its weight and adds the weighted biases once per bag).
 template <class Ctx>
 var<typename Ctx::value_type> embedding_bag(Ctx& ctx, const table_param<typename Ctx::value_type, typename Ctx::backend>& t,
                                             const jagged_ids& ids, pooling mode,
