@@ -67,6 +67,7 @@ void register_gemm();
 void register_top_k();
 void register_sasrec();
 void register_deepfm();
+void register_serve();
 
 /// n standard-normal values from a fixed seed (inputs of the dense cases).
 inline std::vector<T> random_input(std::int64_t n, std::uint64_t seed) {

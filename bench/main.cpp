@@ -107,6 +107,7 @@ int main(int argc, char** argv) {
     xrec_bench::register_top_k();
     xrec_bench::register_sasrec();
     xrec_bench::register_deepfm();
+    xrec_bench::register_serve();
     xrec_bench::register_limits();  // last: it adds one bandwidth limit per case working set
 
     benchmark::AddCustomContext("xsimd_arch", xsimd::default_arch::name());

@@ -2,7 +2,8 @@
 """Runs xrec_bench and its PyTorch peer on the same cases and compares them.
 
 Each of --repeat repetitions runs, as separate processes: ours (xrec_bench, Google
-Benchmark JSON), the peer (bench/peers/torch_peer.py, JSON lines) -- in alternating order,
+Benchmark JSON), the peer (bench/peers/torch_peer.py, JSON lines; bench/peers/onnx_peer.py,
+ONNX Runtime, for the serve_* cases) -- in alternating order,
 so that a drift in machine load hits both sides alike -- and then the machine limits
 (xrec_bench's limit_* cases: FMA rate and the read bandwidth of a buffer of each case's
 working-set size, at the case's thread count). Within a process a case is timed as
@@ -23,16 +24,25 @@ Examples:
   python3 bench/run.py --filter '^topk_' --threads 1 --repeat 3   # top-K over 1M items (bench/top_k.cpp)
   python3 bench/run.py --filter '^sasrec' --threads 1 --repeat 3  # one user's SASRec request (bench/sasrec.cpp)
   python3 bench/run.py --threads 16 --markdown   # append a section to bench/RESULTS.md
+  python3 bench/run.py --filter '^serve_' --threads 1 --repeat 3  # predict / rank beside ONNX Runtime
+
+The serve_* cases (bench/serve.cpp) score the same deepfm and din on both sides with the
+same fp32 weights: before the repetitions, `onnx_peer.py --write-weights DIR` writes the
+ONNX models, the xrec checkpoints and the golden inputs once (DIR: --weights-dir, or a
+temporary directory removed at exit), and every xrec_bench run gets XREC_SERVE_WEIGHTS=DIR.
 """
 import argparse
+import atexit
 import datetime
 import json
 import os
 import re
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -68,18 +78,19 @@ def regex_alternation(names):
 class ours_runner:
     def __init__(self, exe, a):
         self.exe = exe
+        self.env = None  # xrec_bench's environment (None: this process's)
         self.flags = [f"--xrec_threads={a.threads}", f"--xrec_min_time={a.min_time}",
                       f"--xrec_repetitions={a.samples}", f"--xrec_warmup={a.warmup}"]
         self.context = {}
 
     def list(self):
-        out = run([self.exe, "--benchmark_list_tests=true"] + self.flags)
+        out = run([self.exe, "--benchmark_list_tests=true"] + self.flags, env=self.env)
         return [base_name(l.strip()) for l in out.splitlines() if l.strip()]
 
     def run(self, names):
         """{case: {"seconds": median sample, "counters": {...}}} for the given names."""
         out = run([self.exe, "--benchmark_format=json", "--benchmark_filter=" + regex_alternation(names)]
-                  + self.flags)
+                  + self.flags, env=self.env)
         doc = json.loads(out)
         self.context = doc.get("context", {})
         scale = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0}
@@ -94,12 +105,14 @@ class ours_runner:
 
 
 class peer_runner:
-    def __init__(self, python, a):
-        self.cmd = [python, os.path.join(HERE, "peers", "torch_peer.py"), f"--threads={a.threads}",
-                    f"--min-time={a.min_time}", f"--repetitions={a.samples}", f"--warmup={a.warmup}"]
+    def __init__(self, python, a, script="torch_peer.py", extra=()):
+        self.cmd = [python, os.path.join(HERE, "peers", script), f"--threads={a.threads}",
+                    f"--min-time={a.min_time}", f"--repetitions={a.samples}", f"--warmup={a.warmup}", *extra]
         self.head = {}
 
     def run(self, names):
+        if not names:
+            return {}
         out = run(self.cmd + list(names))
         res = {}
         for line in out.splitlines():
@@ -113,6 +126,26 @@ class peer_runner:
             else:
                 res[d["case"]] = {"seconds": d["seconds_per_iter"], "threads": d["threads"]}
         return res
+
+
+def is_serve_case(name):
+    """The serving cases (bench/serve.cpp): their peer is ONNX Runtime (onnx_peer.py)."""
+    return name.startswith("serve_")
+
+
+def serve_weights(a):
+    """Writes the serving models and weights once (onnx_peer.py --write-weights) so that both
+    sides score with the same fp32 weights; returns their folder."""
+    d = a.weights_dir
+    if not d:
+        d = tempfile.mkdtemp(prefix="xrec_serve_weights_")
+        atexit.register(shutil.rmtree, d, ignore_errors=True)  # ~380 MB; also on sys.exit
+    d = os.path.abspath(d)
+    log(f"writing the serving models and weights to {d}")
+    out = run([a.python, os.path.join(HERE, "peers", "onnx_peer.py"), "--write-weights", d])
+    for line in out.splitlines():
+        log("  " + line)
+    return d
 
 
 def limit_names(all_names, cases_counters, threads):
@@ -195,8 +228,11 @@ def main():
     ap.add_argument("--warmup", type=float, default=0.05, help="warm-up seconds per case (default 0.05)")
     ap.add_argument("--bench", default=os.path.join(ROOT, "build", "default", "bench", "xrec_bench"),
                     help="the xrec_bench binary (default build/default/bench/xrec_bench)")
-    ap.add_argument("--python", default=sys.executable, help="python with torch for the peer")
+    ap.add_argument("--python", default=sys.executable,
+                    help="python with torch for the peers (and onnxruntime, onnx, safetensors for serve_*)")
     ap.add_argument("--no-peer", action="store_true", help="ours and the limits only")
+    ap.add_argument("--weights-dir", metavar="DIR",
+                    help="where the serve_* cases' models and weights are written (default: a temporary directory)")
     ap.add_argument("--markdown", nargs="?", const=os.path.join(HERE, "RESULTS.md"), default=None,
                     metavar="FILE", help="append a section with the table to FILE (default bench/RESULTS.md)")
     ap.add_argument("--json", metavar="FILE", help="also write every measurement to FILE")
@@ -215,6 +251,14 @@ def main():
         sys.exit(f"no case matches --filter '{a.filter}'; cases: " +
                  ", ".join(n for n in all_names if not n.startswith("limit_")))
     log(f"{len(cases)} cases, {a.repeat} repetitions, {a.threads} threads")
+    # serve_* cases go to the ONNX Runtime peer, the others to the PyTorch one.
+    serve_cases = [c for c in cases if is_serve_case(c)]
+    torch_cases = [c for c in cases if not is_serve_case(c)]
+    onnx_peer = None
+    if serve_cases:
+        weights = serve_weights(a)
+        ours.env = dict(os.environ, XREC_SERVE_WEIGHTS=weights)
+        onnx_peer = peer_runner(a.python, a, "onnx_peer.py", [f"--weights-dir={weights}"])
 
     reps = []  # per repetition: {"ours": {...}, "peer": {...}, "limits": {...}}
     per_case_limit = {}
@@ -226,7 +270,9 @@ def main():
             if side == "ours":
                 rep["ours"] = ours.run(cases)
             elif not a.no_peer:
-                rep["peer"] = peer.run(cases)
+                rep["peer"] = peer.run(torch_cases)
+                if onnx_peer:
+                    rep["peer"].update(onnx_peer.run(serve_cases))
         counters = {c: v["counters"] for c, v in rep["ours"].items()}
         names, per_case_limit = limit_names(all_names, counters, a.threads)
         rep["limits"] = ours.run(names)
@@ -302,7 +348,7 @@ def main():
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"args": vars(a), "rows": rows, "limits": limits, "ours_context": ours.context,
-                       "peer": peer.head}, f, indent=1)
+                       "peer": peer.head, "onnx_peer": onnx_peer.head if onnx_peer else {}}, f, indent=1)
 
     if a.markdown:
         m = machine()
@@ -326,6 +372,11 @@ def main():
             h = peer.head
             lines.append(f"- peer: torch {h.get('torch_version')}, BLAS {h.get('blas')} "
                          f"({h.get('blas_detail', '')}), CPU capability {h.get('cpu_capability', '?')}")
+        if onnx_peer and onnx_peer.head:
+            h = onnx_peer.head
+            lines.append(f"- peer of the serve_* cases: onnxruntime {h.get('onnxruntime_version')}, "
+                         f"{h.get('providers', ['?'])[0]}, 1 intra-op thread, {h.get('graph_optimization')}, "
+                         f"opset {h.get('opset')}")
         lines.append("- machine limits, measured in this run: " + "; ".join(limit_lines))
         lines += ["", "| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
         lines += ["| " + " | ".join(r) + " |" for r in table]

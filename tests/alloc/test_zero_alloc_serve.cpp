@@ -17,6 +17,9 @@
 #include "xrec/core/param_store.hpp"
 #include "xrec/core/parallel.hpp"
 #include "xrec/models/sasrec.hpp"
+#include "xrec/models/deepfm.hpp"
+#include "xrec/models/din.hpp"
+#include "xrec/serve/predictor.hpp"
 #include "xrec/serve/top_k.hpp"
 
 namespace {
@@ -166,4 +169,93 @@ TEST_CASE("a sasrec request (forward on an infer_ctx, then top_k over its item e
     const std::size_t allocs = alloc_counter::stop();
     CHECK(kept == 600);
     CHECK(allocs == 0);
+}
+
+namespace {
+
+// user, item, cate; histories of items and categories (max_len 20); one dense value.
+xrec::feature_layout serve_layout() {
+    xrec::feature_layout l;
+    l.tables = {{"user", 500}, {"item", 2000}, {"cate", 40}};
+    l.sparse = {{"user", 0}, {"item", 1}, {"cate", 2}};
+    l.dense = {"price"};
+    l.sequences = {{"hist_item", 1, 20, xrec::pooling::mean}, {"hist_cate", 2, 20, xrec::pooling::mean}};
+    l.finish();
+    return l;
+}
+
+// n rows with histories of `len` (ids inside the tables; the first row's item out of range).
+struct serve_request {
+    std::vector<std::int64_t> sparse, hv[2], ho[2];
+    std::vector<float> dense;
+    std::vector<xrec::jagged_ids> seqs;
+    xrec::batch<float> b;
+    serve_request(const xrec::feature_layout& l, std::int64_t n, std::int64_t len) {
+        for (std::int64_t r = 0; r < n; ++r) {
+            for (std::int64_t id : {(r * 7) % 500, 500 + (r * 13) % 2000, 2500 + r % 40}) sparse.push_back(id);
+            dense.push_back(0.1f * static_cast<float>(r % 10));
+        }
+        sparse[1] = 99999;  // served as the OOV row
+        for (int k = 0; k < 2; ++k) {
+            ho[k].push_back(0);
+            for (std::int64_t r = 0; r < n; ++r) {
+                for (std::int64_t j = 0; j < len; ++j) hv[k].push_back(k == 0 ? 500 + (r + j * 31) % 2000 : 2500 + (r + j) % 40);
+                ho[k].push_back(static_cast<std::int64_t>(hv[k].size()));
+            }
+            seqs.push_back({hv[k], ho[k]});
+        }
+        b.rows = n;
+        b.sparse = {sparse.data(), xrec::shape{n, 3}};
+        b.dense = {dense.data(), xrec::shape{n, 1}};
+        b.sequences = seqs;
+        (void)l;
+    }
+};
+
+template <class Model>
+void check_predictor_allocations(const typename Model::options& o) {
+    const auto l = serve_layout();
+    xrec::param_store<float, B> src(1);
+    Model m(src, l, o);
+    xrec::serve::predictor<Model> p(l, o, {.max_batch = 256, .max_candidates = 200, .candidate_fields = {"item", "cate"}});
+    p.publish(src);
+    auto s = p.make_session();  // reserves for the largest request
+    const serve_request one(l, 1, 20), many(l, 256, 17), shorter(l, 3, 5);
+    std::vector<std::int64_t> cand;
+    for (std::int64_t c = 0; c < 200; ++c) for (std::int64_t id : {500 + (c * 17) % 2000, 2500 + c % 40}) cand.push_back(id);
+    std::vector<float> out(256);
+    std::size_t ok = 0;
+    alloc_counter::start();
+    for (int i = 0; i < 5; ++i) {
+        ok += p.predict(s, one.b, out).ok();
+        ok += p.predict(s, many.b, out).ok();
+        ok += p.predict(s, shorter.b, out).ok();
+        ok += p.rank(s, one.b, {cand.data(), xrec::shape{200, 2}}, out).ok();
+        ok += p.rank(s, one.b, {cand.data(), xrec::shape{37, 2}}, out).ok();
+    }
+    const std::size_t allocs = alloc_counter::stop();
+    CHECK(ok == 25);
+    CHECK(allocs == 0);
+    CHECK(s.stats().oov_ids > 0);
+    // A second session made now reserves its own memory: making it allocates, serving does not.
+    alloc_counter::start();
+    auto s2 = p.make_session();
+    CHECK(alloc_counter::stop() >= 1);
+    alloc_counter::start();
+    ok = p.rank(s2, one.b, {cand.data(), xrec::shape{200, 2}}, out).ok();
+    CHECK(alloc_counter::stop() == 0);
+    CHECK(ok == 1);
+}
+
+}  // namespace
+
+TEST_CASE("serve::predictor: predict (batch 1, 256) and rank (200 candidates) perform zero heap allocations (deepfm, din)") {
+    xrec::models::deepfm_options d;
+    d.dim = 16;
+    d.dnn.hidden = {64, 32};
+    check_predictor_allocations<xrec::models::deepfm<float, B>>(d);
+    xrec::models::din<float, B>::options n;
+    n.inputs.dim = 16;
+    n.pairs = {{"item", "hist_item"}, {"cate", "hist_cate"}};
+    check_predictor_allocations<xrec::models::din<float, B>>(n);
 }

@@ -477,3 +477,85 @@ TEST_CASE("serve::predictor: under hot swaps every request sees the old or the n
     CHECK(seen_b.load() > 0);
     CHECK(p.version() == 2 + static_cast<std::uint64_t>(published));
 }
+
+TEST_CASE("serve::predictor: bf16 / int8 serving precision stays close to fp32, and rank still equals predict") {
+    const auto l = shop_layout();
+    models::deepfm_options mo;
+    mo.dim = 8;
+    mo.dnn.hidden = {12};
+    param_store<float, B> src(1);
+    models::deepfm<float, B> m(src, l, mo);
+    randomize(src, 21);
+    const request r(l, 16, 3);
+    std::vector<float> ref(16);
+    {
+        serve::predictor<models::deepfm<float, B>> p(l, mo, {.max_batch = 16});
+        p.publish(src);
+        auto s = p.make_session();
+        REQUIRE(p.predict(s, r.view(), ref).ok());
+    }
+    for (auto prec : {serve::serving_precision::bf16, serve::serving_precision::bf16_int8}) {
+        CAPTURE(serve::serving_precision_name(prec));
+        serve::predictor<models::deepfm<float, B>> p(
+            l, mo, {.max_batch = 16, .max_candidates = 8, .candidate_fields = {"item", "cate", "brand"}, .precision = prec});
+        p.publish(src);
+        p.publish(src);  // the second publish refills a slot converted by the first
+        auto s = p.make_session();
+        std::vector<float> got(16);
+        REQUIRE(p.predict(s, r.view(), got).ok());
+        double worst = 0;
+        for (std::size_t i = 0; i < 16; ++i) worst = std::max(worst, std::abs(double(got[i]) - double(ref[i])));
+        CHECK(worst > 0);      // the weights were converted...
+        CHECK(worst < 0.01);   // ...and the probabilities barely moved
+        const request user(l, 1, 5, 4);
+        const auto cand = candidates(l, 8, 6);
+        std::vector<float> ranked(8), batched(8);
+        REQUIRE(p.rank(s, user.view(), {cand.data(), shape{8, 3}}, ranked).ok());
+        repeated rep(l, user, cand, 8);
+        REQUIRE(p.predict(s, rep.b, batched).ok());
+        check_close(ranked, batched, 2e-5);
+    }
+}
+
+TEST_CASE("serve::predictor: delta publishes (touched rows only) serve exactly what full publishes serve") {
+    const auto l = shop_layout();
+    models::deepfm_options mo;
+    mo.dim = 4;
+    mo.dnn.hidden = {8};
+    param_store<float, B> src(1);
+    models::deepfm<float, B> m(src, l, mo);
+    randomize(src, 31);
+    using pred = serve::predictor<models::deepfm<float, B>>;
+    pred live(l, mo, {.max_batch = 16, .output = serve::output_kind::logits});
+    const request r(l, 16, 12);
+    std::vector<std::vector<std::int64_t>> touched(static_cast<std::size_t>(src.table_count()));
+    auto s = [&] {
+        live.publish(src, touched);
+        return live.make_session();
+    }();
+    const rng_stream rs{philox{77}, 0};
+    std::uint64_t k = 0;
+    for (int round = 0; round < 6; ++round) {
+        // The learner changes a few rows of each table and every dense value.
+        for (auto& t : touched) t.clear();
+        for (std::int64_t t = 0; t < src.table_count(); ++t)
+            for (int i = 0; i < 5; ++i) {
+                const auto row = static_cast<std::int64_t>(rs.below(k++, static_cast<std::uint64_t>(src.table(t).rows)));
+                for (std::int64_t d = 0; d < src.table(t).dim; ++d) src.table(t).row(row)[d] += 0.5f * (rs.uniform_f(k++) - 0.5f);
+                touched[static_cast<std::size_t>(t)].push_back(row);
+            }
+        for (std::int64_t i = 0; i < src.dense_size(); ++i) src.values()[i] *= 0.99f;
+        live.publish(src, touched);
+        pred fresh(l, mo, {.max_batch = 16, .output = serve::output_kind::logits});
+        fresh.publish(src);
+        auto fs = fresh.make_session();
+        std::vector<float> a(16), b(16);
+        REQUIRE(live.predict(s, r.view(), a).ok());
+        REQUIRE(fresh.predict(fs, r.view(), b).ok());
+        CHECK(a == b);
+    }
+    CHECK(live.full_publishes() == 2);  // the first publish of each slot
+    CHECK(live.delta_publishes() == 5);
+    touched[0].push_back(1 << 30);
+    xrec_test::expect_error([&] { live.publish(src, touched); }, {"touched row 1073741824 is outside table"});
+}

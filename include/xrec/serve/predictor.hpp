@@ -52,6 +52,7 @@
 #include "xrec/core/param_store.hpp"
 #include "xrec/io/checkpoint.hpp"
 #include "xrec/models/model.hpp"
+#include "xrec/serve/quantize.hpp"
 #include "xrec/serve/rank.hpp"
 #include "xrec/serve/status.hpp"
 
@@ -84,6 +85,10 @@ struct predictor_options {
     std::vector<std::string> candidate_fields{};
     request_policy policy{};
     output_kind output = output_kind::probabilities;
+    /// The precision the weights are served in (serve/quantize.hpp): each publish converts
+    /// the slot it fills (fp32: as published; bf16: dense weights rounded to bf16, tables
+    /// stored as bf16; bf16_int8: tables stored row-wise int8). float predictors only.
+    serving_precision precision = serving_precision::fp32;
 };
 
 /// Counters of one session (what the policy absorbed).
@@ -178,6 +183,15 @@ public:
 
     const feature_layout& layout() const noexcept { return layout_; }
     const predictor_options& options() const noexcept { return opt_; }
+    /// Publishes so far that copied only touched rows / that copied everything.
+    std::uint64_t delta_publishes() const {
+        std::lock_guard lock(mutex_);
+        return delta_publishes_;
+    }
+    std::uint64_t full_publishes() const {
+        std::lock_guard lock(mutex_);
+        return full_publishes_;
+    }
     /// How many publishes have happened (0: none; predict answers unavailable).
     std::uint64_t version() const noexcept { return version_.load(std::memory_order_acquire); }
 
@@ -185,7 +199,39 @@ public:
     /// and options, e.g. a trainer's). Throws xrec::error, publishing nothing, when the
     /// stores differ in names or shapes. Returns the new version.
     std::uint64_t publish(const param_store<T, B>& src) {
-        return publish_with([&](param_store<T, B>& dst) { copy_store(src, dst); });
+        return publish_slot_([&](param_store<T, B>& dst) { copy_store(src, dst); }, nullptr);
+    }
+    /// The same, for a source that changed only in some table rows since its previous
+    /// publish (an online learner's store): `touched[t]` lists the local rows of table t
+    /// written since then (duplicates allowed). The idle slot is two publishes behind, so
+    /// it receives the dense buffer (small) and the rows of this list and of the previous
+    /// one, instead of whole tables: a publish of a 2.6M-row model then copies megabytes,
+    /// not hundreds. Falls back to a full copy when the idle slot holds anything else (the
+    /// first two publishes, after a checkpoint, with reduced serving precision). The
+    /// lists are checked (table count, row ranges) before anything is written.
+    std::uint64_t publish(const param_store<T, B>& src, std::span<const std::vector<std::int64_t>> touched) {
+        XREC_CHECK(static_cast<std::int64_t>(touched.size()) == src.table_count(), "serve::predictor::publish: ",
+                   touched.size(), " touched-row lists for a store of ", src.table_count(), " tables");
+        for (std::size_t t = 0; t < touched.size(); ++t)
+            for (auto r : touched[t])
+                XREC_CHECK(r >= 0 && r < src.table(static_cast<std::int64_t>(t)).rows, "serve::predictor::publish: touched row ",
+                           r, " is outside table '", src.table(static_cast<std::int64_t>(t)).name, "' [0, ",
+                           src.table(static_cast<std::int64_t>(t)).rows, ")");
+        return publish_slot_(
+            [&](param_store<T, B>& dst, bool delta) {
+                if (!delta) return copy_store(src, dst);
+                check_same_layout(src, dst);
+                std::copy(src.values(), src.values() + src.dense_size(), dst.values());
+                for (std::int64_t t = 0; t < src.table_count(); ++t) {
+                    const auto& a = src.table(t);
+                    auto& b = dst.table(t);
+                    const std::vector<std::int64_t>* lists[2] = {&last_touched_[static_cast<std::size_t>(t)],
+                                                                 &touched[static_cast<std::size_t>(t)]};
+                    for (const auto* list : lists)
+                        for (auto r : *list) std::copy(a.row(r), a.row(r) + a.dim, b.row(r));
+                }
+            },
+            &touched);
     }
     /// Publishes a checkpoint written by io::save_checkpoint (validated before anything is
     /// written; a refused file leaves the live weights as they were).
@@ -197,17 +243,7 @@ public:
     /// exception propagates; the live weights are untouched.
     template <class Fill>
     std::uint64_t publish_with(Fill&& fill) {
-        std::lock_guard lock(mutex_);
-        const int cur = current_.load(std::memory_order_relaxed);
-        const int next = cur < 0 ? 0 : 1 - cur;
-        wait_until_unused_(next);
-        slot& s = *slots_[static_cast<std::size_t>(next)];
-        std::forward<Fill>(fill)(s.store);
-        s.cache.build(s.model, plan_);
-        s.version = version_.load(std::memory_order_relaxed) + 1;
-        current_.store(next, std::memory_order_seq_cst);
-        version_.store(s.version, std::memory_order_release);
-        return s.version;
+        return publish_slot_(std::forward<Fill>(fill), nullptr);
     }
 
     /// A new session, with memory reserved for the largest request (see the file comment).
@@ -316,7 +352,43 @@ private:
         slot(const feature_layout& l, const model_options& o) : store(0), model(store, l, o) {}
     };
 
-    static void copy_store(const param_store<T, B>& src, param_store<T, B>& dst) {
+    // Fills the idle slot (after the requests still on it finish), converts it to the
+    // serving precision, rebuilds its rank cache and makes it live. `touched` (delta
+    // publishes only) becomes the list the next delta publish also copies; fill is called
+    // as fill(store) or, for a delta publish, fill(store, delta_allowed).
+    template <class Fill>
+    std::uint64_t publish_slot_(Fill&& fill, std::span<const std::vector<std::int64_t>>* touched) {
+        std::lock_guard lock(mutex_);
+        const int cur = current_.load(std::memory_order_relaxed);
+        const int next = cur < 0 ? 0 : 1 - cur;
+        wait_until_unused_(next);
+        slot& s = *slots_[static_cast<std::size_t>(next)];
+        // Any failure from here leaves the idle slot in an unknown state: no delta onto it.
+        const bool delta = touched && last_touched_valid_ && s.version != 0 && opt_.precision == serving_precision::fp32;
+        last_touched_valid_ = false;
+        if constexpr (std::is_same_v<T, float>) dequantize_tables(s.store);  // the fill writes float values
+        if constexpr (std::is_invocable_v<Fill, param_store<T, B>&, bool>)
+            std::forward<Fill>(fill)(s.store, delta);
+        else
+            std::forward<Fill>(fill)(s.store);
+        if constexpr (std::is_same_v<T, float>) {
+            if (opt_.precision != serving_precision::fp32) quantize(s.store, opt_.precision);
+        } else {
+            XREC_CHECK(opt_.precision == serving_precision::fp32, "serve::predictor: reduced precision serves float models");
+        }
+        s.cache.build(s.model, plan_);
+        if (touched) {
+            last_touched_.assign(touched->begin(), touched->end());
+            last_touched_valid_ = true;
+        }
+        s.version = version_.load(std::memory_order_relaxed) + 1;
+        current_.store(next, std::memory_order_seq_cst);
+        version_.store(s.version, std::memory_order_release);
+        ++(delta ? delta_publishes_ : full_publishes_);
+        return s.version;
+    }
+
+    static void check_same_layout(const param_store<T, B>& src, const param_store<T, B>& dst) {
         const auto& se = src.dense_entries();
         const auto& de = dst.dense_entries();
         XREC_CHECK(se.size() == de.size() && src.table_count() == dst.table_count(), "serve::predictor::publish: the store has ",
@@ -329,10 +401,17 @@ private:
         for (std::int64_t t = 0; t < src.table_count(); ++t) {
             const auto& a = src.table(t);
             const auto& b = dst.table(t);
+            XREC_CHECK(!a.reduced(), "serve::predictor::publish: table '", a.name,
+                       "' of the store is in a reduced format; publish float weights (the predictor converts them, "
+                       "predictor_options::precision)");
             XREC_CHECK(a.name == b.name && a.rows == b.rows && a.dim == b.dim, "serve::predictor::publish: table ", t, " is '",
                        a.name, "' [", a.rows, ", ", a.dim, "] in the store but '", b.name, "' [", b.rows, ", ", b.dim,
                        "] in the model");
         }
+    }
+
+    static void copy_store(const param_store<T, B>& src, param_store<T, B>& dst) {
+        check_same_layout(src, dst);
         std::copy(src.values(), src.values() + src.dense_size(), dst.values());
         for (std::int64_t t = 0; t < src.table_count(); ++t) {
             const auto& a = src.table(t);
@@ -577,6 +656,9 @@ private:
     std::unique_ptr<slot> slots_[2];
     alignas(64) std::atomic<int> current_{-1};
     std::atomic<std::uint64_t> version_{0};
+    std::vector<std::vector<std::int64_t>> last_touched_;  // rows of the last delta publish (under mutex_)
+    bool last_touched_valid_ = false;
+    std::uint64_t delta_publishes_ = 0, full_publishes_ = 0;
     mutable std::mutex mutex_;  // publish, session registration
     mutable std::vector<const typename session_type::state*> sessions_;
 };
