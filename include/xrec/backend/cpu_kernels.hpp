@@ -3,6 +3,7 @@
 // gathers and scatters; Eigen maps for GEMM. Every function is templated on the xsimd
 // architecture through the tag. Single-threaded: ops split work over the context's pool.
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -73,6 +74,36 @@ inline T scalar_dact(activation a, T x, T y) {
 }  // namespace detail
 
 namespace detail {
+// Where xsimd::haddp puts the sum of each input batch: slot[r] = the output lane of row r,
+// or all -1 when its result is not a permutation of the row sums. Measured once per
+// architecture because xsimd 8.1's AVX-512 haddp returns the sums of rows 2-5 and 10-13 in
+// a swapped order (sse2 and avx2 are in order); the measurement keeps the kernel right
+// whichever xsimd it is built with.
+template <class T, class A>
+const std::array<int, batch<T, A>::size>& haddp_slots() {
+    using bt = batch<T, A>;
+    constexpr int w = static_cast<int>(bt::size);
+    static const std::array<int, w> slots = [] {
+        std::array<int, w> out{};
+        bt rows[w];
+        for (int r = 0; r < w; ++r) rows[r] = bt(T(r + 1));
+        alignas(64) T sums[w];
+        xsimd::haddp(rows).store_aligned(sums);
+        std::array<bool, w> seen{};
+        for (int i = 0; i < w; ++i) {
+            const int r = static_cast<int>(sums[i] / T(w)) - 1;
+            if (r < 0 || r >= w || sums[i] != T(w * (r + 1)) || seen[static_cast<std::size_t>(r)]) {
+                out.fill(-1);
+                return out;
+            }
+            seen[static_cast<std::size_t>(r)] = true;
+            out[static_cast<std::size_t>(r)] = i;
+        }
+        return out;
+    }();
+    return slots;
+}
+
 // C[m x n] (+)= alpha * A B^T with A [m x k] and B [n x k] both row-major: every C
 // element is a dot product of two contiguous rows. Register-blocked 4 x 4: sixteen SIMD
 // accumulators over k, then one horizontal sum each. Reads A and B in place (no packing,
@@ -127,10 +158,37 @@ void gemm_nt_dots(std::int64_t m, std::int64_t n, std::int64_t k, T alpha, const
             }
         }
     }
-    // Remaining rows: one row against 4 B rows at a time (the batch-1 GEMV path).
+    // Remaining rows: one row against 4 B rows at a time (the batch-1 GEMV path). The
+    // accumulators of w consecutive outputs are kept and reduced together by one parallel
+    // horizontal add (xsimd::haddp: a transpose-and-add tree), not w separate hadds, whose
+    // shuffles cost about as much as the FMAs of a 400-wide dot; the loads stay 4 streams.
     for (; i < m; ++i) {
         const T* a0 = a + i * lda;
         std::int64_t j = 0;
+        if constexpr (w % nr == 0) {
+            for (; j + w <= n; j += w) {
+                bt stash[w];
+                for (std::int64_t g = 0; g < w; g += nr) {
+                    const T* b0 = b + (j + g) * ldb;
+                    bt acc[nr];
+                    for (auto& v : acc) v = bt(T(0));
+                    for (std::int64_t p = 0; p < kv; p += w) {
+                        const bt av = bt::load_unaligned(a0 + p);
+                        for (std::int64_t jj = 0; jj < nr; ++jj) acc[jj] = xsimd::fma(av, bt::load_unaligned(b0 + jj * ldb + p), acc[jj]);
+                    }
+                    for (std::int64_t jj = 0; jj < nr; ++jj) stash[g + jj] = acc[jj];
+                }
+                alignas(64) T sums[w];
+                const auto& slot = haddp_slots<T, A>();
+                if (slot[0] >= 0)
+                    xsimd::haddp(stash).store_aligned(sums);
+                for (std::int64_t jj = 0; jj < w; ++jj) {
+                    T v = slot[0] >= 0 ? sums[slot[static_cast<std::size_t>(jj)]] : xsimd::hadd(stash[jj]);
+                    for (std::int64_t p = kv; p < k; ++p) v += a0[p] * b[(j + jj) * ldb + p];
+                    store(i, j + jj, v);
+                }
+            }
+        }
         for (; j + nr <= n; j += nr) {
             const T* b0 = b + j * ldb;
             bt acc[nr];
@@ -493,6 +551,13 @@ void gemm(cpu<A>, bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, st
     if (m == 0 || n == 0) return;
     if (!trans_a && trans_b && m <= policy<cpu<A>>::gemm_dot_max_rows) {
         detail::gemm_nt_dots<T, A>(m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+        return;
+    }
+    // A one-column product (an output layer of one unit over many rows, x w^T): as C^T = w A^T
+    // it is one row of dots, which the dot kernel runs at full SIMD width, where the packed
+    // kernel would fill one lane of every register tile column.
+    if (!trans_a && trans_b && n == 1 && ldc == 1 && k > 0) {
+        detail::gemm_nt_dots<T, A>(1, m, k, alpha, b, ldb, a, lda, beta, c, m);
         return;
     }
     if (k == 0) {

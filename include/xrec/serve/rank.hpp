@@ -18,11 +18,13 @@
 // the order of float sums (the tests compare them with the batched forward).
 #include <algorithm>
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <vector>
 
 #include "xrec/backend/cpu_kernels.hpp"
 #include "xrec/backend/kernels.hpp"
+#include "xrec/backend/policy.hpp"
 #include "xrec/core/context.hpp"
 #include "xrec/core/error.hpp"
 #include "xrec/core/features.hpp"
@@ -407,22 +409,34 @@ struct ranker<models::din<T, B>, T, B> {
             T* qa = ctx.template scratch<T>(C * H0);
             kernels::gemm(B{}, false, true, C, H0, PD, T(1), q.data, PD, k.a.data(), PD, T(0), qa, H0);
             kernels::add_row_bias(B{}, C, H0, att.first_bias.value(), qa);
-            T* x = ctx.template scratch<T>(C * Tn * PD);
-            for (std::int64_t c = 0; c < C; ++c)
-                for (std::int64_t j = 0; j < Tn; ++j) kernels::mul(B{}, PD, q.data + c * PD, K.data + j * PD, x + (c * Tn + j) * PD);
+            // Pair layer 0 as one GEMM whose A rows (q_c * k_j) are made while they are packed,
+            // with kpart_j + qa_c and an elementwise activation applied to each block of the
+            // result while it is in cache: no [C T, PD] array, no extra pass over [C T, H0].
+            const auto act0 = elementwise_(att.options.act);
             var<T> h = ctx.make(shape{C * Tn, H0}, false);
-            kernels::gemm(B{}, false, true, C * Tn, H0, PD, T(1), x, PD, att.first_weight.value() + 3 * PD, 4 * PD, T(0),
-                          h.data, H0);
-            for (std::int64_t c = 0; c < C; ++c)
-                for (std::int64_t j = 0; j < Tn; ++j) {
-                    T* r = h.data + (c * Tn + j) * H0;
-                    kernels::add(B{}, H0, r, kpart + j * H0, r);
-                    kernels::add(B{}, H0, r, qa + c * H0, r);
+            T* xb = ctx.template scratch<T>(policy<B>::template gemm_mr<T> * PD);
+            auto produce = [&](std::int64_t i0, std::int64_t p0, std::int64_t rows, std::int64_t cols, bool) -> const T* {
+                for (std::int64_t r = 0; r < rows; ++r) {
+                    const std::int64_t i = i0 + r, c = i / Tn, j = i - c * Tn;
+                    kernels::mul(B{}, cols, q.data + c * PD + p0, K.data + j * PD + p0, xb + r * PD + p0);
                 }
+                return xb + p0;
+            };
+            auto epi0 = [&](std::int64_t i0, std::int64_t j0, std::int64_t rows, std::int64_t cols) {
+                for (std::int64_t i = i0; i < i0 + rows; ++i) {
+                    const std::int64_t c = i / Tn, j = i - c * Tn;
+                    T* r = h.data + i * H0 + j0;
+                    kernels::add(B{}, cols, r, kpart + j * H0 + j0, r);
+                    kernels::add(B{}, cols, r, qa + c * H0 + j0, r);
+                }
+                if (act0) act_block_(*act0, h.data, H0, i0, j0, rows, cols);
+            };
+            kernels::gemm_produce_then(B{}, C * Tn, H0, PD, T(1), produce, PD, true, att.first_weight.value() + 3 * PD,
+                                       4 * PD, T(0), h.data, H0, epi0);
             const std::size_t hidden = att.options.hidden.size();
             for (std::size_t i = 0; i < hidden; ++i) {
-                if (i > 0) h = att.rest[i - 1](ctx, h);
-                h = detail::unit_activate(ctx, att.options.act, att.prelu_acts, att.dice_acts, i, h);
+                if (i > 0) h = linear_act_(ctx, att.rest[i - 1], h, act0);
+                if (!act0) h = detail::unit_activate(ctx, att.options.act, att.prelu_acts, att.dice_acts, i, h);
             }
             if (hidden > 0) h = att.rest.back()(ctx, h);
             var<T> w = ops::apply(ctx, att.options.output, h);  // [C T, 1]
@@ -454,6 +468,44 @@ struct ranker<models::din<T, B>, T, B> {
             x = detail::unit_activate(ctx, tower.options.act, tower.prelus, tower.dices, i, x);
         }
         return layers > 0 ? tower.fc.back()(ctx, x) : x;
+    }
+
+private:
+    // The unit activations that are elementwise functions (fused into GEMM epilogues).
+    static std::optional<activation> elementwise_(layers::unit_activation a) {
+        using ua = layers::unit_activation;
+        switch (a) {
+            case ua::relu: return activation::relu;
+            case ua::sigmoid: return activation::sigmoid;
+            case ua::tanh: return activation::tanh;
+            case ua::gelu: return activation::gelu;
+            case ua::identity: return activation::identity;
+            default: return std::nullopt;
+        }
+    }
+    // act(x W^T + b) with the bias and an elementwise act applied per block of the GEMM.
+    template <class Ctx, class L>
+    static var<T> linear_act_(Ctx& ctx, const L& lin, const var<T>& x, std::optional<activation> act) {
+        const std::int64_t M = x.s[0], N = lin.out, Kd = lin.in;
+        var<T> y = ctx.make(shape{M, N}, false);
+        const T* bias = lin.has_bias() ? lin.bias.value() : nullptr;
+        kernels::gemm_then(B{}, false, true, M, N, Kd, T(1), x.data, Kd, lin.weight.value(), Kd, T(0), y.data, N,
+                           [&](std::int64_t i0, std::int64_t j0, std::int64_t rows, std::int64_t cols) {
+                               if (bias)
+                                   for (std::int64_t i = i0; i < i0 + rows; ++i)
+                                       kernels::add(B{}, cols, y.data + i * N + j0, bias + j0, y.data + i * N + j0);
+                               if (act) act_block_(*act, y.data, N, i0, j0, rows, cols);
+                           });
+        return y;
+    }
+    // An activation over a block of c [.., ldc]: one call over the contiguous block when it
+    // spans whole rows (so only the block's end, not every row, leaves a SIMD tail).
+    static void act_block_(activation a, T* c, std::int64_t ldc, std::int64_t i0, std::int64_t j0, std::int64_t rows,
+                           std::int64_t cols) {
+        if (j0 == 0 && cols == ldc)
+            kernels::activation_fwd(B{}, a, rows * cols, c + i0 * ldc, c + i0 * ldc);
+        else
+            for (std::int64_t i = i0; i < i0 + rows; ++i) kernels::activation_fwd(B{}, a, cols, c + i * ldc + j0, c + i * ldc + j0);
     }
 };
 
