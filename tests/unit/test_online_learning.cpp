@@ -194,6 +194,9 @@ TEST_CASE("online learning: a reader serving during publishes sees only whole pu
     CHECK(distinct.size() >= 2);
     CHECK(distinct.front() == 1);
     CHECK(distinct.back() == last);
+    // Publishes after the first two copy only the rows the steps touched (the slots hold the chain).
+    CHECK(live.full_publishes() == 2);
+    CHECK(live.delta_publishes() + 2 == last);
     MESSAGE("hot swap: " << reads.size() << " reads over " << distinct.size() << " of " << last
                          << " versions, all equal to a published version's answer");
 }

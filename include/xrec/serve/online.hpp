@@ -25,12 +25,14 @@
 //    xrec::error naming the field, before anything is queued. Rows queue in arrival order
 //    until batch_size of them form a mini-batch, which is trained with one trainer step;
 //    flush() trains a shorter final mini-batch.
-//  - Publishing. After each step the learner publishes (predictor::publish(store): a copy
+//  - Publishing. After each step the learner publishes (predictor::publish(store, touched):
+//    the dense weights and the table rows written since the previous publish; the first
+//    publish, and any after a step that wrote a table it cannot track, a full copy
 //    into the idle slot, then a flip) when publish_every events were trained since the last
 //    publish, or when publish_interval has passed since it (either trigger may be 0: off).
 //    Both are checked at mini-batch boundaries only, by the thread that calls learn: a
 //    version always holds whole steps, and a quiet stream publishes nothing (nothing
-//    changed). publish() publishes now. Every publish first scans the store for NaN/Inf and
+//    changed). publish() publishes now. Every publish first scans what it copies for NaN/Inf and
 //    refuses (xrec::error naming the parameter, nothing published) if it finds one, so the
 //    predictor only ever serves finite weights. A reader of the predictor sees the old or
 //    the new version whole (predictor's hot swap), never a mix, and never waits for the
@@ -185,8 +187,20 @@ public:
     /// Publishes the store now (see the file comment: refused if it holds NaN/Inf); returns
     /// the predictor's new version. Queued rows are not trained first (call flush()).
     std::uint64_t publish() {
-        check_finite_store_();
-        const std::uint64_t v = target_->publish(store_);
+        std::uint64_t v = 0;
+        if (touched_all_) {
+            check_finite_store_();
+            v = target_->publish(store_);
+        } else {
+            for (auto& t : touched_) {  // rows touched by several steps are copied once
+                std::sort(t.begin(), t.end());
+                t.erase(std::unique(t.begin(), t.end()), t.end());
+            }
+            check_finite_touched_();
+            v = target_->publish(store_, touched_);
+        }
+        for (auto& t : touched_) t.clear();
+        touched_all_ = false;
         stats_.version = v;
         ++stats_.publishes;
         stats_.published_events = stats_.trained;
@@ -201,6 +215,7 @@ public:
     void forget_rows(std::span<const std::int64_t> ids) {
         if (ids.empty()) return;
         trainer_.forget_rows(ids);
+        touch_ids_(ids);
         stats_.recycled_rows += static_cast<std::int64_t>(ids.size());
     }
     void forget_rows(const std::vector<std::int64_t>& ids) { forget_rows(std::span<const std::int64_t>(ids)); }
@@ -325,6 +340,7 @@ private:
             rows_.clear();
             throw;
         }
+        touch_batch_(b);
         ++stats_.steps;
         stats_.trained += b.rows;
         since_publish_ += b.rows;
@@ -352,6 +368,44 @@ private:
                 y_[static_cast<std::size_t>(r)] = b.labels.data[r * layout_.num_tasks() + t];
             }
             prog_[static_cast<std::size_t>(t)].add(std::span<const T>(p_), std::span<const T>(y_));
+        }
+    }
+
+    // Which table rows the steps since the last publish may have written, so that publish
+    // copies only those (predictor::publish(store, touched)): in a table over the layout's
+    // global id space (the input block's embedding and first-order tables) the ids of the
+    // batch, which are all a sparse optimizer updates; in a small table (a Dice or batch
+    // norm's running statistics, written by every training forward) every row; any other
+    // table makes the next publish a full copy.
+    void touch_batch_(const batch<T>& b) {
+        touch_ids_(std::span<const std::int64_t>(b.sparse.data, static_cast<std::size_t>(b.sparse.numel())));
+        for (const auto& q : b.sequences) touch_ids_(q.values);
+    }
+    void touch_ids_(std::span<const std::int64_t> ids) {
+        touched_.resize(static_cast<std::size_t>(store_.table_count()));
+        for (std::int64_t t = 0; t < store_.table_count(); ++t) {
+            const auto& tb = store_.table(t);
+            auto& list = touched_[static_cast<std::size_t>(t)];
+            if (tb.rows == layout_.total_rows()) {
+                list.insert(list.end(), ids.begin(), ids.end());
+            } else if (tb.rows <= small_table_rows) {
+                if (list.size() != static_cast<std::size_t>(tb.rows))
+                    for (std::int64_t r = static_cast<std::int64_t>(list.size()); r < tb.rows; ++r) list.push_back(r);
+            } else {
+                touched_all_ = true;
+            }
+        }
+    }
+    static constexpr std::int64_t small_table_rows = 4096;
+
+    // A delta publish checks what it copies: the dense buffer and the touched rows.
+    void check_finite_touched_() {
+        if (kernels::first_nonfinite(B{}, store_.dense_size(), store_.values()) >= 0) return check_finite_store_();
+        for (std::int64_t t = 0; t < store_.table_count(); ++t) {
+            const auto& tb = store_.table(t);
+            for (auto r : touched_[static_cast<std::size_t>(t)])
+                XREC_CHECK(kernels::first_nonfinite(B{}, tb.dim, tb.row(r)) < 0, "serve::online_learner::publish: table '",
+                           tb.name, "' row ", r, " holds a non-finite value; nothing was published (reload the weights)");
         }
     }
 
@@ -387,6 +441,8 @@ private:
     std::vector<metrics::ctr_accumulator> prog_;
     online_stats stats_;
     std::int64_t since_publish_ = 0;
+    std::vector<std::vector<std::int64_t>> touched_;  // per table: rows written since the last publish
+    bool touched_all_ = true;                          // the next publish copies everything
     std::chrono::steady_clock::time_point last_publish_;
 };
 
