@@ -5,7 +5,8 @@
 //  2. hot swap: N closed-loop threads, latency of every request recorded; once without
 //     publishes, once with a publisher that every --swap-ms (default 100) changes --rows rows
 //     of each table and the dense weights of a learner's store and publishes them (a delta
-//     publish, as an online learner does); the p50/p99/p99.9 of both and the p99 ratio.
+//     publish, as an online learner does; --full: a full copy of every table instead); the
+//     p50/p99/p99.9 of both and the p99 ratio.
 // Each measurement is repeated --repeat times (alternating where it matters) and the medians
 // printed. Prints the machine line first; bench/RESULTS.md holds the figures.
 #include <algorithm>
@@ -33,6 +34,7 @@ constexpr std::int64_t fields = 26, rows_per_field = 100'000, dim = 16, dense_fi
 struct args {
     int threads = 2, repeat = 5, swap_ms = 100, rows = 1000;
     double seconds = 2;
+    bool full = false;  // full publishes (every table copied) instead of delta publishes
 };
 
 args parse(int argc, char** argv) {
@@ -47,8 +49,9 @@ args parse(int argc, char** argv) {
         else if (const char* v3 = val("--swap-ms")) a.swap_ms = std::atoi(v3);
         else if (const char* v4 = val("--rows")) a.rows = std::atoi(v4);
         else if (const char* v5 = val("--seconds")) a.seconds = std::atof(v5);
+        else if (std::strcmp(argv[i], "--full") == 0) a.full = true;
         else {
-            std::fprintf(stderr, "usage: %s [--threads=2] [--seconds=2] [--repeat=5] [--swap-ms=100] [--rows=1000]\n", argv[0]);
+            std::fprintf(stderr, "usage: %s [--threads=2] [--seconds=2] [--repeat=5] [--swap-ms=100] [--rows=1000] [--full]\n", argv[0]);
             std::exit(2);
         }
     }
@@ -205,7 +208,10 @@ int main(int argc, char** argv) {
                     }
                 }
                 for (std::int64_t j = 0; j < learner.dense_size(); ++j) learner.values()[j] *= 0.9999f;
-                p.publish(learner, touched);
+                if (a.full)
+                    p.publish(learner);
+                else
+                    p.publish(learner, touched);
                 ++published;
             }
         });
@@ -219,8 +225,8 @@ int main(int argc, char** argv) {
     }
     std::vector<double> r99;
     for (std::size_t i = 0; i < p99_quiet.size(); ++i) r99.push_back(p99_swap[i] / p99_quiet[i]);
-    std::printf("hot swap: %d threads, a delta publish (%d rows per table + dense) every %d ms (%.0f per run)\n", a.threads,
-                a.rows, a.swap_ms, median(swaps));
+    std::printf("hot swap: %d threads, a %s publish (%d rows per table changed + dense) every %d ms (%.0f per run)\n",
+                a.threads, a.full ? "full" : "delta", a.rows, a.swap_ms, median(swaps));
     std::printf("  without swaps: p50 %.1f us  p99 %.1f us  p99.9 %.1f us\n", median(p50_quiet), median(p99_quiet),
                 median(p999_quiet));
     std::printf("  with swaps:    p50 %.1f us  p99 %.1f us  p99.9 %.1f us\n", median(p50_swap), median(p99_swap),

@@ -84,15 +84,16 @@ const std::array<int, batch<T, A>::size>& haddp_slots() {
     using bt = batch<T, A>;
     constexpr int w = static_cast<int>(bt::size);
     static const std::array<int, w> slots = [] {
-        std::array<int, w> out{};
-        bt rows[w];
-        for (int r = 0; r < w; ++r) rows[r] = bt(T(r + 1));
-        alignas(64) T sums[w];
+        constexpr int n = static_cast<int>(batch<T, A>::size);  // not w: clang 14 wants w captured
+        std::array<int, n> out{};
+        batch<T, A> rows[n];
+        for (int r = 0; r < n; ++r) rows[r] = batch<T, A>(T(r + 1));
+        alignas(64) T sums[n];
         xsimd::haddp(rows).store_aligned(sums);
-        std::array<bool, w> seen{};
-        for (int i = 0; i < w; ++i) {
-            const int r = static_cast<int>(sums[i] / T(w)) - 1;
-            if (r < 0 || r >= w || sums[i] != T(w * (r + 1)) || seen[static_cast<std::size_t>(r)]) {
+        std::array<bool, n> seen{};
+        for (int i = 0; i < n; ++i) {
+            const int r = static_cast<int>(sums[i] / T(n)) - 1;
+            if (r < 0 || r >= n || sums[i] != T(n * (r + 1)) || seen[static_cast<std::size_t>(r)]) {
                 out.fill(-1);
                 return out;
             }
