@@ -1039,7 +1039,7 @@ void dropout_mask_scalar(const rng_stream& rs, std::uint64_t first, std::int64_t
 template <class A>
 inline constexpr bool philox_simd_v =
 #if defined(__SSE2__)
-    std::is_base_of_v<xsimd::sse2, A> && !std::is_base_of_v<xsimd::avx, A>
+    (std::is_base_of_v<xsimd::sse2, A> && !std::is_base_of_v<xsimd::avx, A>)
 #else
     false
 #endif
